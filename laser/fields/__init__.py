@@ -1,0 +1,1 @@
+"""Radiance fields: TensoRF VM and multi-resolution hash grid, behind one interface (``base.RadianceField``)."""

@@ -1,0 +1,200 @@
+"""Oracle teacher: dense-CLIP-like features made from ground-truth labels. A TEST HARNESS, not a method.
+
+It lets the 3D pipeline (field, losses, evaluation) be trained and measured on scenes that have per-pixel labels
+(the synthetic generator writes ``labels/``) on machines without CLIP weights. Its features are the class text
+embeddings, degraded the way dense CLIP is degraded:
+
+1. **Confusion** (:func:`draw_confusion`): some regions get the class of the text embedding most similar to their own
+   (cosine). Real dense CLIP repeats the same mistake on the same object in most views, so one share of the
+   confusion is drawn *once per scene* per object (a class is one object in 3D-OVS-style scenes) and applied in
+   each view with a probability; the other share is drawn independently per (view, region), a region being an
+   object's pixels inside one cell of a coarse grid.
+2. **Patch averaging** (:func:`degrade`): one token per 16x16 block, the mean of its pixels' embeddings, as a ViT
+   token mixes everything in its patch.
+3. **Boundary blur**: a Gaussian on the token grid (in tokens), so tokens near a boundary borrow from their
+   neighbours; interior tokens of a region are unchanged by it.
+4. **Noise**: Gaussian with norm about ``noise_std`` (``noise_std / sqrt(D)`` per component) on the unit embedding.
+
+Outputs are NOT normalised, like dense CLIP's (a pure token before noise has norm 1; mixed tokens are shorter).
+Unlabelled pixels (-1) contribute a zero embedding.
+
+The defaults are set so that its own 2D argmax mIoU on the default synthetic scene, with the tiny CLIP's text
+embeddings, is in 55-70 % (``experiments/RESULTS.md``).
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from laser.data.scene import Scene
+from laser.errors import DataError
+from laser.language.teachers.base import PatchBatch, Teacher
+
+
+def most_similar_other(text_embeddings: Tensor) -> Tensor:
+    """``[C]`` index of the other class whose text embedding is most cosine-similar; itself when C = 1."""
+    unit = F.normalize(text_embeddings, dim=-1)
+    similarity = unit @ unit.T
+    if similarity.shape[0] > 1:
+        similarity.fill_diagonal_(-math.inf)
+    return similarity.argmax(dim=-1)
+
+
+def draw_confusion(
+    labels: Tensor,
+    text_embeddings: Tensor,
+    object_share: float,
+    object_view_prob: float,
+    view_share: float,
+    region_size: int,
+    generator: torch.Generator,
+) -> Tensor:
+    """The class map each view's features will be built from: ``labels`` with confused regions relabelled.
+
+    Args:
+        labels: ``[N, H, W]`` long ground-truth classes, -1 unlabelled.
+        text_embeddings: ``[C, D]``; a confused region takes the class of :func:`most_similar_other`.
+        object_share: share of the objects (classes) confused consistently: ``round(share * C)`` objects are drawn
+            once, and each is confused in a view with probability ``object_view_prob``.
+        object_view_prob: probability that a consistently confused object is confused in a given view.
+        view_share: probability that a (view, object, grid cell) region is confused, drawn independently.
+        region_size: side in pixels of the grid cells that cut objects into regions.
+        generator: CPU random generator: the same seed gives the same confusion.
+
+    Returns:
+        ``[N, H, W]`` long.
+    """
+    views, height, width = labels.shape
+    classes = text_embeddings.shape[0]
+    target = most_similar_other(text_embeddings).to(labels.device)
+    chosen = torch.randperm(classes, generator=generator)[: round(object_share * classes)]
+    object_confused = torch.zeros(views, classes, dtype=torch.bool)
+    object_confused[:, chosen] = torch.rand(views, len(chosen), generator=generator) < object_view_prob
+
+    cell_rows, cell_cols = math.ceil(height / region_size), math.ceil(width / region_size)
+    region_confused = torch.rand(views, classes, cell_rows, cell_cols, generator=generator) < view_share
+    rows = (torch.arange(height) // region_size)[:, None].expand(height, width)
+    cols = (torch.arange(width) // region_size)[None, :].expand(height, width)
+
+    safe = labels.clamp(min=0).cpu()
+    view_index = torch.arange(views)[:, None, None]
+    confused = object_confused[view_index, safe] | region_confused[view_index, safe, rows, cols]
+    confused = confused.to(labels.device) & (labels >= 0)
+    return torch.where(confused, target[labels.clamp(min=0)], labels)
+
+
+def _gaussian_blur(maps: Tensor, sigma: float) -> Tensor:
+    """Separable Gaussian blur of ``[B, K, h, w]`` maps, sigma in grid cells, edges replicated."""
+    radius = max(1, math.ceil(2 * sigma))
+    offsets = torch.arange(-radius, radius + 1, dtype=maps.dtype, device=maps.device)
+    kernel = torch.exp(-0.5 * (offsets / sigma) ** 2)
+    kernel = kernel / kernel.sum()
+    batch, channels, height, width = maps.shape
+    flat = maps.reshape(batch * channels, 1, height, width)
+    flat = F.conv2d(F.pad(flat, (radius, radius, 0, 0), mode="replicate"), kernel.view(1, 1, 1, -1))
+    flat = F.conv2d(F.pad(flat, (0, 0, radius, radius), mode="replicate"), kernel.view(1, 1, -1, 1))
+    return flat.reshape(batch, channels, height, width)
+
+
+def degrade(
+    class_map: Tensor,
+    text_embeddings: Tensor,
+    patch_size: int = 16,
+    blur_sigma: float = 1.0,
+    noise_std: float = 0.0,
+    generator: torch.Generator | None = None,
+) -> Tensor:
+    """Token features of per-pixel class maps: patch-averaged, blurred and noisy class text embeddings.
+
+    Args:
+        class_map: ``[B, H, W]`` long class indices (-1: zero embedding). H, W need not be multiples of the
+            patch: the last row/column of tokens then averages the pixels it has (padding counts as unlabelled).
+        text_embeddings: ``[C, D]`` unit class embeddings.
+        patch_size: token size in pixels (16 for ViT-B/16).
+        blur_sigma: Gaussian sigma on the token grid, in tokens; 0 disables the blur.
+        noise_std: expected norm of the Gaussian noise added to each token; 0 disables it.
+        generator: random generator for the noise (on ``class_map``'s device).
+
+    Returns:
+        ``[B, ceil(H/p), ceil(W/p), D]`` float, not normalised.
+    """
+    batch, height, width = class_map.shape
+    classes, dim = text_embeddings.shape
+    rows, cols = math.ceil(height / patch_size), math.ceil(width / patch_size)
+    padded = F.pad(class_map, (0, cols * patch_size - width, 0, rows * patch_size - height), value=-1)
+    # Class fractions per token (C is small), not per-pixel D-dim embeddings: [B, C, h, w].
+    one_hot = (padded[:, None] == torch.arange(classes, device=class_map.device)[None, :, None, None]).float()
+    fractions = F.avg_pool2d(one_hot, patch_size)
+    if blur_sigma > 0:
+        fractions = _gaussian_blur(fractions, blur_sigma)
+    tokens = torch.einsum("bchw,cd->bhwd", fractions, text_embeddings.to(fractions))
+    if noise_std > 0:
+        noise = torch.randn(tokens.shape, generator=generator, device=tokens.device, dtype=tokens.dtype)
+        tokens = tokens + noise * (noise_std / math.sqrt(dim))
+    return tokens
+
+
+class OracleTeacher(Teacher):
+    """Degraded ground-truth features: a test harness for scenes with ``labels`` (no CLIP weights needed).
+
+    See the module docstring for the degradation. ``prepare`` draws the per-scene and per-view confusion once;
+    each call then crops the confused class maps and degrades them with fresh noise.
+    """
+
+    def __init__(
+        self,
+        object_share: float = 0.15,
+        object_view_prob: float = 0.8,
+        view_share: float = 0.05,
+        region_size: int = 64,
+        blur_sigma: float = 0.5,
+        noise_std: float = 2.0,
+        patch_size: int = 16,
+        seed: int = 0,
+    ):
+        super().__init__()
+        self.object_share = object_share
+        self.object_view_prob = object_view_prob
+        self.view_share = view_share
+        self.region_size = region_size
+        self.blur_sigma = blur_sigma
+        self.noise_std = noise_std
+        self.patch_size = patch_size
+        self.seed = seed
+        self.register_buffer("text_embeddings", torch.empty(0), persistent=False)   # [C, D]
+        self.register_buffer("class_maps", torch.empty(0, dtype=torch.long), persistent=False)  # [N, H, W]
+        self._noise = torch.Generator()
+
+    def prepare(self, scene: Scene, text_embeddings: Tensor) -> None:
+        if scene.labels is None:
+            raise DataError(scene.name, "the oracle teacher needs per-pixel labels (a scene folder with labels/)")
+        generator = torch.Generator().manual_seed(self.seed)
+        self.embed_dim = int(text_embeddings.shape[1])
+        self.text_embeddings = text_embeddings.detach().float().cpu()
+        self.class_maps = draw_confusion(
+            scene.labels.cpu(), self.text_embeddings, self.object_share, self.object_view_prob,
+            self.view_share, self.region_size, generator,
+        )
+        self._noise = torch.Generator().manual_seed(self.seed + 1)
+
+    def forward(self, batch: PatchBatch) -> Tensor:
+        """``[B, P/16, P/16, D]`` on the batch's device; ``batch.labels`` is not used (the confused maps are)."""
+        size = batch.crop_size
+        maps = torch.stack([
+            self.class_maps[v, r : r + size, c : c + size]
+            for v, (r, c) in zip(batch.views.tolist(), batch.top_left.tolist())
+        ])
+        return self._degrade(maps).to(batch.images.device)
+
+    def full_image(self, view: int) -> Tensor:
+        """Token features of a whole view: ``[ceil(H/16), ceil(W/16), D]``."""
+        return self._degrade(self.class_maps[view][None])[0]
+
+    def _degrade(self, maps: Tensor) -> Tensor:
+        if self.text_embeddings.numel() == 0:
+            raise RuntimeError("OracleTeacher.prepare(scene, text_embeddings) must run before it is called")
+        return degrade(maps, self.text_embeddings, self.patch_size, self.blur_sigma, self.noise_std, self._noise)

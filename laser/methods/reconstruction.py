@@ -1,0 +1,158 @@
+"""Stage 1: fit a radiance field to the scene's photos (TensoRF schedule, LASER.md §2)."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import imageio.v3 as iio
+import numpy as np
+import torch
+
+from laser.data.scene import Scene
+from laser.evaluation.metrics import psnr, ssim
+from laser.fields.base import RadianceField
+from laser.fields.tensorf import log_spaced_voxels
+from laser.rendering import render_in_chunks, render_rays, samples_per_ray
+
+
+def to_uint8(image: torch.Tensor) -> np.ndarray:
+    return (image.clamp(0, 1) * 255).round().byte().cpu().numpy()
+
+
+def depth_to_uint8(depth: torch.Tensor) -> np.ndarray:
+    """Depth ``[H, W]`` to a grey image, near = bright, normalised over the image's range."""
+    lo, hi = depth.min(), depth.max()
+    grey = 1 - (depth - lo) / (hi - lo).clamp(min=1e-8)
+    return to_uint8(grey[..., None].expand(*depth.shape, 3))
+
+
+class Reconstruction:
+    """Photometric training of a radiance field on random rays of the training views.
+
+    Schedule (TensoRF): learning rates decay by ``lr_decay_ratio`` over ``n_iters``; the grid is upsampled at
+    ``upsample_steps`` (log-spaced voxel counts up to ``n_voxels_final``), each time with a fresh optimiser at the
+    initial rates; at ``alpha_mask_steps`` empty space is culled, and at the first of them the box shrinks to the
+    occupied region. Total-variation weights decay with the learning rate.
+    """
+
+    name = "reconstruction"
+
+    def __init__(self, scene: Scene, field: RadianceField, device: str | torch.device = "cpu",
+                 n_iters: int = 30000, batch_size: int = 2048, lr_grid: float = 0.02, lr_network: float = 1e-4,
+                 lr_decay_ratio: float = 0.1, n_voxels_init: int = 2097156, n_voxels_final: int = 262144000,
+                 upsample_steps: tuple[int, ...] = (2000, 3000, 4000, 5500),
+                 alpha_mask_steps: tuple[int, ...] = (2500,), alpha_mask_threshold: float = 1e-4,
+                 tv_weight_density: float = 1.0, tv_weight_app: float = 1.0, tv_scale: float = 1e-2,
+                 step_ratio: float = 0.5, max_samples: int = 1_000_000, distance_scale: float = 25.0,
+                 weight_threshold: float = 1e-4, random_background: float = 0.5, eval_chunk: int = 4096,
+                 seed: int = 20211202):
+        self.scene = scene
+        self.device = torch.device(device)
+        self.field = field.to(self.device)
+        self.n_iters = n_iters
+        self.batch_size = batch_size
+        self.lr_grid, self.lr_network = lr_grid, lr_network
+        self.lr_factor = lr_decay_ratio ** (1.0 / n_iters)
+        self.upsample_voxels = dict(zip(upsample_steps, log_spaced_voxels(n_voxels_init, n_voxels_final,
+                                                                          len(upsample_steps))))
+        self.alpha_mask_steps = tuple(alpha_mask_steps)
+        self.alpha_mask_threshold = alpha_mask_threshold
+        self.tv_weights = {"tv_density": tv_weight_density * tv_scale, "tv_app": tv_weight_app * tv_scale}
+        self.step_ratio, self.max_samples = step_ratio, max_samples
+        self.distance_scale, self.weight_threshold = distance_scale, weight_threshold
+        self.random_background = random_background
+        self.eval_chunk = eval_chunk
+
+        rays, rgbs = scene.all_rays(scene.train_views)
+        self.rays, self.rgbs = rays.to(self.device), rgbs.to(self.device)
+        self.generator = torch.Generator().manual_seed(seed)
+        self.optimizer = self._new_optimizer()
+
+    # --- what the loop calls -----------------------------------------------------------------------------------
+    def identity(self) -> dict:
+        """What a checkpoint of this stage must match to be continued or reused."""
+        return {"stage": self.name, "scene": self.scene.name, "views": self.scene.num_views,
+                "image_size": [self.scene.height, self.scene.width], "field": type(self.field).__name__,
+                "n_iters": self.n_iters}
+
+    @property
+    def n_samples(self) -> int:
+        return samples_per_ray(self.field.grid_resolution(), self.step_ratio, self.max_samples)
+
+    def render(self, rays: torch.Tensor, train: bool = False, background: torch.Tensor | None = None) -> dict:
+        return render_rays(self.field, rays, self.scene.near_far, self.n_samples, self.distance_scale,
+                           self.weight_threshold, background, self.generator if train else None)
+
+    def train_step(self, step: int) -> dict[str, float]:
+        self.field.train()
+        index = torch.randint(len(self.rays), (self.batch_size,), generator=self.generator).to(self.device)
+        background = None
+        if self.scene.white_background or torch.rand(1, generator=self.generator).item() < self.random_background:
+            background = torch.ones(3, device=self.device)
+        out = self.render(self.rays[index], train=True, background=background)
+        mse = torch.mean((out["rgb"] - self.rgbs[index]) ** 2)
+        decay = self.lr_factor ** step
+        regularizers = self.field.regularization()
+        loss = mse + sum(self.tv_weights.get(k, 0.0) * decay * v for k, v in regularizers.items())
+
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        self.optimizer.step()
+        for group in self.optimizer.param_groups:
+            group["lr"] *= self.lr_factor
+        self._schedule(step)
+        return {"loss": loss.item(), "mse": mse.item(), "psnr": -10.0 * math.log10(max(mse.item(), 1e-10)),
+                **{k: v.item() for k, v in regularizers.items()}}
+
+    @torch.no_grad()
+    def render_view(self, view: int) -> dict[str, torch.Tensor]:
+        """Full-image render of one view: ``rgb [H, W, 3]``, ``depth [H, W]``, ``acc [H, W]``."""
+        self.field.eval()
+        out = render_in_chunks(self.render, self.scene.rays(view).to(self.device), self.eval_chunk)
+        h, w = self.scene.height, self.scene.width
+        return {k: v.reshape(h, w, -1).squeeze(-1) for k, v in out.items()}
+
+    def evaluate(self, out_dir: str | Path) -> dict[str, float]:
+        """Render the test views into ``out_dir`` (colour and depth PNGs) and return mean PSNR and SSIM."""
+        out_dir = Path(out_dir)
+        out_dir.mkdir(parents=True, exist_ok=True)
+        scores = []
+        for view in self.scene.test_views:
+            out = self.render_view(view)
+            target = self.scene.images[view].to(self.device)
+            scores.append((psnr(out["rgb"], target), ssim(out["rgb"], target)))
+            iio.imwrite(out_dir / f"rgb_{view:03d}.png", to_uint8(out["rgb"]))
+            iio.imwrite(out_dir / f"depth_{view:03d}.png", depth_to_uint8(out["depth"]))
+        metrics = {"test_psnr": float(np.mean([s[0] for s in scores])),
+                   "test_ssim": float(np.mean([s[1] for s in scores]))}
+        (out_dir / "metrics.json").write_text(json.dumps({**metrics, "views": self.scene.test_views}, indent=2))
+        return metrics
+
+    def state_dict(self) -> dict:
+        return {"field_meta": self.field.state_dict_meta(), "field": self.field.state_dict(),
+                "optimizer": self.optimizer.state_dict(), "generator": self.generator.get_state()}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.field.prepare_for_load(state["field_meta"])
+        self.field.load_state_dict(state["field"])
+        self.field.to(self.device)
+        self.optimizer = self._new_optimizer()
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.generator.set_state(state["generator"])
+
+    # --- schedule ------------------------------------------------------------------------------------------------
+    def _new_optimizer(self) -> torch.optim.Optimizer:
+        return torch.optim.Adam(self.field.param_groups(self.lr_grid, self.lr_network), betas=(0.9, 0.99))
+
+    def _schedule(self, step: int) -> None:
+        """Grid changes after the update of ``step`` (TensoRF applies them at the end of the iteration)."""
+        if step in self.alpha_mask_steps:
+            resolution = self.field.grid_resolution()
+            step_size = float(((self.field.aabb[1] - self.field.aabb[0]) / (torch.tensor(resolution, device=self.device) - 1)).mean()) * self.step_ratio
+            box = self.field.update_alpha_mask(step_size, self.alpha_mask_threshold)
+            if step == self.alpha_mask_steps[0]:
+                self.field.shrink(box)
+        if step in self.upsample_voxels and self.field.set_resolution(self.upsample_voxels[step]):
+            self.optimizer = self._new_optimizer()

@@ -1,0 +1,1 @@
+"""What the training loop in ``train.py`` needs: checkpoints, loggers, run set-up."""

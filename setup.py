@@ -1,0 +1,27 @@
+from setuptools import find_packages, setup
+
+setup(
+    name="laser",
+    version="0.1.0",
+    description="Language-guided 3D segmentation in NeRFs: Laser, LERF and 3D-OVS on TensoRF and hash grids",
+    packages=find_packages(include=["laser", "laser.*"]),
+    python_requires=">=3.10",
+    # torch and torchvision are pinned exactly: any looser range pulls a multi-GB CUDA build on CPU machines.
+    install_requires=[
+        "torch==2.13.0",
+        "torchvision==0.28.0",
+        "open_clip_torch>=3.0",
+        "hydra-core>=1.3",
+        "omegaconf>=2.3",
+        "wandb>=0.17",
+        "imageio>=2.30",
+        "numpy>=1.24",
+        "pillow>=10.0",
+        "tqdm>=4.60",
+    ],
+    extras_require={
+        "test": ["pytest>=8.0", "scikit-learn>=1.3"],
+        "video": ["imageio[ffmpeg]"],
+        "slurm": ["hydra-submitit-launcher>=1.2"],
+    },
+)

@@ -1,0 +1,105 @@
+"""The oracle teacher (a test harness): degradation shapes, exactness without degradation, consistent confusion."""
+
+import torch
+
+from laser.data.scene import Scene
+from laser.language.teachers.base import PatchBatch
+from laser.language.teachers.oracle import OracleTeacher, degrade, draw_confusion, most_similar_other
+
+
+def block_labels(views=3, height=128, width=160):
+    """Four 64x80 rectangles, classes 0..3, the same in every view; a -1 strip at the bottom of view 0."""
+    labels = torch.zeros(views, height, width, dtype=torch.long)
+    labels[:, :64, 80:] = 1
+    labels[:, 64:, :80] = 2
+    labels[:, 64:, 80:] = 3
+    labels[0, -8:] = -1
+    return labels
+
+
+def make_scene(labels):
+    views, height, width = labels.shape
+    return Scene(name="blocks", images=torch.rand(views, height, width, 3), c2w=torch.eye(4)[:3].expand(views, 3, 4),
+                 fx=100.0, fy=100.0, ndc=True, near_far=(0.0, 1.0), aabb=torch.tensor([[-1.0] * 3, [1.0] * 3]),
+                 image_paths=[], train_views=list(range(views)), test_views=[0],
+                 classes=["a", "b", "c", "d"], labels=labels)
+
+
+def text(classes=4, dim=512):
+    return torch.nn.functional.normalize(torch.randn(classes, dim, generator=torch.Generator().manual_seed(0)), dim=-1)
+
+
+def test_most_similar_other_excludes_itself():
+    embeddings = torch.tensor([[1.0, 0.0], [0.9, 0.1], [0.0, 1.0]])
+    assert most_similar_other(embeddings).tolist() == [1, 0, 1]
+    assert most_similar_other(embeddings[:1]).tolist() == [0]
+
+
+def test_degrade_shapes_and_patch_average():
+    labels = block_labels()
+    tokens = degrade(labels, text(), blur_sigma=0.0)
+    assert tokens.shape == (3, 8, 10, 512)
+    odd = degrade(labels[:, :100, :150], text(), blur_sigma=1.0, noise_std=0.5)
+    assert odd.shape == (3, 7, 10, 512)
+    # A token straddling the class 0 / class 1 border (columns 64..80, border at 80) is the mean of both.
+    mixed = degrade(labels[:, :16, 72:88], text(), blur_sigma=0.0)
+    torch.testing.assert_close(mixed[0, 0, 0], (text()[0] + text()[1]) / 2)
+
+
+def test_no_confusion_no_noise_gives_labels_on_patch_interiors():
+    labels = block_labels()
+    teacher = OracleTeacher(object_share=0.0, view_share=0.0, noise_std=0.0, blur_sigma=1.0)
+    teacher.prepare(make_scene(labels), text())
+    for view in range(3):
+        tokens = teacher.full_image(view)
+        predicted = (torch.nn.functional.normalize(tokens, dim=-1) @ text().T).argmax(-1)
+        pixels = predicted.repeat_interleave(16, 0).repeat_interleave(16, 1)
+        # Patch interiors: every pixel of the 16x16 patch has the same label.
+        patch_pure = labels[view].unfold(0, 16, 16).unfold(1, 16, 16).flatten(2)
+        pure = (patch_pure == patch_pure[..., :1]).all(-1) & (patch_pure[..., 0] >= 0)
+        pure_pixels = pure.repeat_interleave(16, 0).repeat_interleave(16, 1)
+        assert torch.equal(pixels[pure_pixels], labels[view][pure_pixels])
+
+
+def test_object_confusion_is_the_same_in_every_view():
+    labels = block_labels(views=5)
+    embeddings = text()
+    confused = draw_confusion(labels, embeddings, object_share=0.5, object_view_prob=1.0, view_share=0.0,
+                              region_size=64, generator=torch.Generator().manual_seed(1))
+    changed = [set(labels[v][confused[v] != labels[v]].unique().tolist()) for v in range(5)]
+    assert len(changed[0]) == 2 and all(c == changed[0] for c in changed)
+    target = most_similar_other(embeddings)
+    for c in changed[0]:
+        assert (confused[labels == c] == target[c]).all()
+    assert (confused[labels == -1] == -1).all()
+
+
+def test_view_confusion_is_independent_per_view_and_seeded():
+    labels = block_labels(views=6)
+    args = dict(object_share=0.0, object_view_prob=1.0, view_share=0.5, region_size=32)
+    first = draw_confusion(labels, text(), generator=torch.Generator().manual_seed(2), **args)
+    again = draw_confusion(labels, text(), generator=torch.Generator().manual_seed(2), **args)
+    assert torch.equal(first, again)
+    masks = (first != labels)
+    assert 0.3 < masks[1:].float().mean() < 0.7
+    assert not all(torch.equal(masks[1], masks[v]) for v in range(2, 6))
+
+
+def test_teacher_crops_match_the_full_image_tokens():
+    labels = block_labels()
+    teacher = OracleTeacher(object_share=0.25, view_share=0.2, noise_std=0.0, blur_sigma=0.0)
+    teacher.prepare(make_scene(labels), text())
+    batch = PatchBatch(images=torch.rand(2, 64, 64, 3), views=torch.tensor([1, 2]),
+                       top_left=torch.tensor([[32, 48], [64, 96]]))
+    crops = teacher(batch)
+    assert crops.shape == (2, 4, 4, 512)
+    torch.testing.assert_close(crops[0], teacher.full_image(1)[2:6, 3:7])
+    torch.testing.assert_close(crops[1], teacher.full_image(2)[4:8, 6:10])
+
+
+def test_noise_has_the_configured_norm():
+    teacher = OracleTeacher(object_share=0.0, view_share=0.0, noise_std=2.0, blur_sigma=0.0)
+    teacher.prepare(make_scene(block_labels()), text())
+    tokens = teacher.full_image(1)
+    noise = tokens - degrade(teacher.class_maps[1:2], text(), blur_sigma=0.0)[0]
+    assert abs(noise.norm(dim=-1).mean().item() - 2.0) < 0.1

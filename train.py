@@ -1,0 +1,91 @@
+"""Train one scene: stage 1 fits a radiance field to the photos; stage 2 (segmentation) follows it.
+
+    python train.py scene=bed                    # a 3D-OVS scene (data/bed)
+    python train.py                              # the synthetic benchmark, generated on first use
+    python train.py -m field=tensorf,hashgrid    # a Hydra sweep, one run folder per job
+
+Runs resume from their last checkpoint in the run folder (``runs/<scene>`` by default).
+"""
+
+from __future__ import annotations
+
+import json
+
+import laser  # noqa: F401  (makes torchvision importable on CPU torch before anything imports it)
+import hydra
+from hydra.utils import instantiate
+from omegaconf import DictConfig, OmegaConf
+from tqdm import tqdm
+
+from laser.data.scenes import load_scene
+from laser.errors import CheckpointError
+from laser.training import checkpoint
+from laser.training.run import Run, setup_run
+
+
+def restore(stage, run: Run, identity: dict, resume: bool) -> int:
+    """Step to start from: 0 for a fresh run, or the step of a compatible checkpoint in the run folder."""
+    path = run.checkpoint_path(stage.name)
+    if not path.exists():
+        return 0
+    if not resume:
+        raise CheckpointError(path, "already exists and resume=false; pass resume=true to continue it, or "
+                                    "choose another run folder (hydra.run.dir=...)")
+    saved = checkpoint.load(path)
+    checkpoint.check_compatible(path, saved, identity)
+    stage.load_state_dict(saved["stage"])
+    checkpoint.set_rng_state(saved["rng"])
+    return saved["step"]
+
+
+def save(stage, run: Run, identity: dict, step: int) -> None:
+    checkpoint.atomic_save({"identity": identity, "step": step, "stage": stage.state_dict(),
+                            "rng": checkpoint.rng_state()}, run.checkpoint_path(stage.name))
+
+
+def fit(stage, run: Run, cfg: DictConfig, identity: dict) -> dict[str, float]:
+    """The training loop: one stage from its last checkpoint to ``stage.n_iters``, then a test evaluation."""
+    start = restore(stage, run, identity, cfg.resume)
+    results = run.dir / stage.name / "test" / "metrics.json"
+    if start == stage.n_iters and results.exists():
+        return json.loads(results.read_text())
+
+    bar = tqdm(range(start, stage.n_iters), initial=start, total=stage.n_iters, desc=stage.name,
+               mininterval=1.0, dynamic_ncols=True)
+    for step in bar:
+        metrics = stage.train_step(step)
+        done = step + 1
+        if step % cfg.log_every == 0:
+            run.logger.log({f"{stage.name}/{k}": v for k, v in metrics.items()}, step)
+            bar.set_postfix(loss=f"{metrics['loss']:.4f}", psnr=f"{metrics.get('psnr', 0.0):.2f}")
+        if done % cfg.checkpoint_every == 0 or done == stage.n_iters:
+            save(stage, run, identity, done)
+        if cfg.eval_every and done % cfg.eval_every == 0 and done < stage.n_iters:
+            run.logger.log({f"{stage.name}/{k}": v for k, v in stage.evaluate(run.dir / stage.name / f"step_{done}").items()}, step)
+
+    metrics = stage.evaluate(results.parent)
+    run.logger.log({f"{stage.name}/{k}": v for k, v in metrics.items()}, stage.n_iters)
+    return metrics
+
+
+def build_reconstruction(cfg: DictConfig, device):
+    scene = load_scene(cfg.scene, cfg.scene.downsample.reconstruction)
+    field = instantiate(cfg.field, aabb=scene.aabb.tolist())
+    # Objects are passed to a partial: instantiate would try to turn them into configs.
+    stage = instantiate(cfg.reconstruction, _partial_=True)(scene=scene, field=field, device=device)
+    identity = {**stage.identity(), "field_config": OmegaConf.to_container(cfg.field, resolve=True),
+                "schedule": OmegaConf.to_container(cfg.reconstruction, resolve=True)}
+    return stage, identity
+
+
+@hydra.main(version_base=None, config_path="conf", config_name="train")
+def main(cfg: DictConfig) -> None:
+    run = setup_run(cfg)
+    stage, identity = build_reconstruction(cfg, run.device)
+    metrics = fit(stage, run, cfg, identity)
+    print(json.dumps({"run_dir": str(run.dir), **metrics}))
+    run.logger.finish()
+
+
+if __name__ == "__main__":
+    main()
