@@ -48,7 +48,7 @@ def fit(stage, run: Run, cfg: DictConfig, identity: dict) -> dict[str, float]:
     start = restore(stage, run, identity, cfg.resume)
     results = run.dir / stage.name / "test" / "metrics.json"
     if start == stage.n_iters and results.exists():
-        return json.loads(results.read_text())
+        return json.loads(results.read_text())["metrics"]
 
     bar = tqdm(range(start, stage.n_iters), initial=start, total=stage.n_iters, desc=stage.name,
                mininterval=1.0, dynamic_ncols=True)

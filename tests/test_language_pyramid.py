@@ -40,9 +40,10 @@ def test_ovs3d_jitter_enlarges_within_a_quarter_and_clips():
     generator = torch.Generator().manual_seed(0)
     plain = ovs3d_boxes(60, 80, 5, 0.25, 0.0, torch.Generator())
     jittered = ovs3d_boxes(60, 80, 5, 0.25, 0.25, generator)
-    for (t, l, b, r), (t2, l2, b2, r2) in zip(plain, jittered):
-        assert t - 3 <= t2 <= t and l - 3 <= l2 <= l and b <= b2 <= b + 3 and r <= r2 <= r + 3
-        assert t2 >= 0 and l2 >= 0 and b2 <= 60 and r2 <= 80
+    for (top, left, bottom, right), (top2, left2, bottom2, right2) in zip(plain, jittered):
+        assert top - 3 <= top2 <= top and left - 3 <= left2 <= left
+        assert bottom <= bottom2 <= bottom + 3 and right <= right2 <= right + 3
+        assert top2 >= 0 and left2 >= 0 and bottom2 <= 60 and right2 <= 80
 
 
 def test_lerf_layer_geometry():

@@ -49,9 +49,31 @@ def sample_grid_sample(grid: Tensor, coords: Tensor) -> Tensor:
     return F.grid_sample(grid, coords.reshape(1, -1, 1, 2), align_corners=True)[0, :, :, 0].T
 
 
+class _WeightedRowSum(torch.autograd.Function):
+    """``out[p] = sum_k weight[p, k] * table[index[p, k]]``, differentiable in ``table`` only.
+
+    The forward is ``embedding_bag``; the backward scatters each corner's weighted gradient with ``index_add_``,
+    several times faster on CPU than ``embedding_bag``'s own backward (which sorts the indices first).
+    """
+
+    @staticmethod
+    def forward(ctx, table: Tensor, index: Tensor, weight: Tensor) -> Tensor:
+        ctx.save_for_backward(index, weight)
+        ctx.rows = table.shape[0]
+        return F.embedding_bag(index, table, per_sample_weights=weight, mode="sum")
+
+    @staticmethod
+    def backward(ctx, grad: Tensor):
+        index, weight = ctx.saved_tensors
+        grad_table = grad.new_zeros(ctx.rows, grad.shape[1])
+        for k in range(index.shape[1]):
+            grad_table.index_add_(0, index[:, k], grad * weight[:, k : k + 1])
+        return grad_table, None, None
+
+
 def sample_embedding_bag(grid: Tensor, coords: Tensor) -> Tensor:
-    """Same result as :func:`sample_grid_sample`, as a weighted sum of the 4 corner rows of the channels-last
-    table. On CPU its backward is 2-3x faster than grid_sample's, which dominates TensoRF training there."""
+    """Same result as :func:`sample_grid_sample`, as a weighted sum of the 4 corner rows (2 for a line) of the
+    channels-last table. On CPU, training through it is several times faster than through grid_sample."""
     _, channels, height, width = grid.shape
     table = grid[0].permute(1, 2, 0).reshape(-1, channels)
     y = (coords[:, 1] + 1) / 2 * (height - 1)
@@ -71,7 +93,7 @@ def sample_embedding_bag(grid: Tensor, coords: Tensor) -> Tensor:
         index = torch.stack([i00, i00 + 1, i10, i10 + 1], dim=1)
         weight = torch.cat([(1 - fx) * (1 - fy), fx * (1 - fy), (1 - fx) * fy, fx * fy], dim=1)
     # Points outside [-1, 1] would read zeros with grid_sample; callers only sample inside the box.
-    return F.embedding_bag(index, table, per_sample_weights=weight, mode="sum")
+    return _WeightedRowSum.apply(table, index, weight.detach())
 
 
 LOOKUPS = {"grid_sample": sample_grid_sample, "embedding_bag": sample_embedding_bag}
@@ -189,8 +211,9 @@ class TensorVMField(RadianceField):
     def shrink(self, new_aabb: Tensor) -> None:
         res = torch.tensor(self.resolution, device=self.aabb.device)
         units = (self.aabb[1] - self.aabb[0]) / (res - 1)
-        lo = torch.round((new_aabb[0] - self.aabb[0]) / units).long().clamp(min=0)
-        hi = torch.minimum(torch.round((new_aabb[1] - self.aabb[0]) / units).long() + 1, res)
+        # floor / ceil (TensoRF rounds the lower corner), so the kept grid always covers the requested box.
+        lo = torch.floor((new_aabb[0] - self.aabb[0]) / units).long().clamp(min=0)
+        hi = torch.minimum(torch.ceil((new_aabb[1] - self.aabb[0]) / units).long() + 1, res)
         self.density_grid.crop(lo.tolist(), hi.tolist())
         self.app_grid.crop(lo.tolist(), hi.tolist())
         # The new box passes exactly through the kept vertices, so the cropped grid samples the same field.

@@ -32,7 +32,9 @@ def correlative_attention(q: Tensor, k: Tensor, scale: float) -> Tensor:
     ``q``, ``k``: ``[..., n, d]``. Each row sums to 2. The forward pass uses the same formula through fused
     attention kernels (``A v = attn(q, q, v) + attn(k, k, v)``); this explicit form is the reference for tests.
     """
-    return torch.softmax(q @ q.transpose(-1, -2) * scale, dim=-1) + torch.softmax(k @ k.transpose(-1, -2) * scale, dim=-1)
+    query_term = torch.softmax(q @ q.transpose(-1, -2) * scale, dim=-1)
+    key_term = torch.softmax(k @ k.transpose(-1, -2) * scale, dim=-1)
+    return query_term + key_term
 
 
 def interpolate_pos_embed(pos_embed: Tensor, native_grid: tuple[int, int], grid: tuple[int, int]) -> Tensor:
@@ -67,7 +69,7 @@ class DenseClip(nn.Module):
         visual = clip.model.visual
         last = visual.transformer.resblocks[-1]
         if not isinstance(last, ResidualAttentionBlock) or not isinstance(last.attn, nn.MultiheadAttention):
-            raise TypeError(f"dense CLIP needs a plain open_clip ViT; {type(visual).__name__} has {type(last).__name__}")
+            raise TypeError(f"dense CLIP needs a plain open_clip ViT, not one whose blocks are {type(last).__name__}")
         if visual.attn_pool is not None or not visual.transformer.batch_first:
             raise TypeError("dense CLIP supports open_clip ViTs with class-token pooling and batch-first blocks")
         self.clip = clip

@@ -110,7 +110,9 @@ class Reconstruction:
     def render_view(self, view: int) -> dict[str, torch.Tensor]:
         """Full-image render of one view: ``rgb [H, W, 3]``, ``depth [H, W]``, ``acc [H, W]``."""
         self.field.eval()
-        out = render_in_chunks(self.render, self.scene.rays(view).to(self.device), self.eval_chunk)
+        background = torch.ones(3, device=self.device) if self.scene.white_background else None
+        out = render_in_chunks(lambda rays: self.render(rays, background=background),
+                               self.scene.rays(view).to(self.device), self.eval_chunk)
         h, w = self.scene.height, self.scene.width
         return {k: v.reshape(h, w, -1).squeeze(-1) for k, v in out.items()}
 
@@ -127,7 +129,7 @@ class Reconstruction:
             iio.imwrite(out_dir / f"depth_{view:03d}.png", depth_to_uint8(out["depth"]))
         metrics = {"test_psnr": float(np.mean([s[0] for s in scores])),
                    "test_ssim": float(np.mean([s[1] for s in scores]))}
-        (out_dir / "metrics.json").write_text(json.dumps({**metrics, "views": self.scene.test_views}, indent=2))
+        (out_dir / "metrics.json").write_text(json.dumps({"metrics": metrics, "views": self.scene.test_views}, indent=2))
         return metrics
 
     def state_dict(self) -> dict:
@@ -143,8 +145,9 @@ class Reconstruction:
         self.generator.set_state(state["generator"])
 
     # --- schedule ------------------------------------------------------------------------------------------------
-    def _new_optimizer(self) -> torch.optim.Optimizer:
-        return torch.optim.Adam(self.field.param_groups(self.lr_grid, self.lr_network), betas=(0.9, 0.99))
+    def _new_optimizer(self, lrs: tuple[float, float] | None = None) -> torch.optim.Optimizer:
+        lr_grid, lr_network = lrs if lrs is not None else (self.lr_grid, self.lr_network)
+        return torch.optim.Adam(self.field.param_groups(lr_grid, lr_network), betas=(0.9, 0.99))
 
     def _schedule(self, step: int) -> None:
         """Grid changes after the update of ``step`` (TensoRF applies them at the end of the iteration)."""
@@ -154,5 +157,9 @@ class Reconstruction:
             box = self.field.update_alpha_mask(step_size, self.alpha_mask_threshold)
             if step == self.alpha_mask_steps[0]:
                 self.field.shrink(box)
+                # Shrinking replaces the grid tensors. TensoRF keeps the old optimizer, which then updates
+                # tensors no longer in the model until the next upsampling (500 steps in Laser's schedule);
+                # we rebuild it at the current learning rates.
+                self.optimizer = self._new_optimizer(tuple(g["lr"] for g in self.optimizer.param_groups))
         if step in self.upsample_voxels and self.field.set_resolution(self.upsample_voxels[step]):
             self.optimizer = self._new_optimizer()

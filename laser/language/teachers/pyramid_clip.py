@@ -98,12 +98,12 @@ def ovs3d_pyramid(
     maps = []
     for divisor in divisors:
         boxes = ovs3d_boxes(height, width, divisor, stride_fraction, jitter_fraction, generator)
-        embeddings = global_embeddings(clip, [image[t:b, l:r] for t, l, b, r in boxes], batch_size)
+        embeddings = global_embeddings(clip, [image[t:b, x0:x1] for t, x0, b, x1 in boxes], batch_size)
         total = torch.zeros(embeddings.shape[1], height, width, device=embeddings.device)
         count = torch.zeros(height, width, device=embeddings.device)
-        for (t, l, b, r), embedding in zip(boxes, embeddings):
-            total[:, t:b, l:r] += embedding[:, None, None]
-            count[t:b, l:r] += 1
+        for (t, x0, b, x1), embedding in zip(boxes, embeddings):
+            total[:, t:b, x0:x1] += embedding[:, None, None]
+            count[t:b, x0:x1] += 1
         maps.append(total / count)
     return torch.stack(maps)
 

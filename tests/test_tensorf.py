@@ -1,0 +1,102 @@
+import pytest
+import torch
+
+from laser.fields.tensorf import (TensorVMField, log_spaced_voxels, sample_embedding_bag, sample_grid_sample,
+                                  voxels_to_resolution)
+
+AABB = [[-1.5, -1.67, -1.0], [1.5, 1.67, 1.0]]
+
+
+@pytest.mark.parametrize("shape", [(1, 5, 7, 9), (1, 3, 11, 1)])
+def test_embedding_bag_lookup_matches_grid_sample_values_and_gradients(shape):
+    torch.manual_seed(0)
+    grid = torch.randn(shape, requires_grad=True)
+    coords = torch.rand(300, 2) * 2 - 1
+    coords[:, 0] = 0 if shape[-1] == 1 else coords[:, 0]
+    coords[:4] = torch.tensor([[-1.0, -1.0], [1.0, 1.0], [-1.0, 1.0], [1.0, -1.0]]) * (
+        torch.tensor([0.0, 1.0]) if shape[-1] == 1 else 1)
+    ref = sample_grid_sample(grid, coords)
+    fast = sample_embedding_bag(grid, coords)
+    torch.testing.assert_close(fast, ref)
+    weights = torch.randn_like(ref)
+    (g_ref,) = torch.autograd.grad((ref * weights).sum(), grid)
+    (g_fast,) = torch.autograd.grad((fast * weights).sum(), grid)
+    torch.testing.assert_close(g_fast, g_ref)
+
+
+def test_field_lookups_agree_and_gradients_reach_every_parameter():
+    torch.manual_seed(0)
+    ref = TensorVMField(AABB, n_voxels=32**3, lookup="grid_sample")
+    fast = TensorVMField(AABB, n_voxels=32**3, lookup="embedding_bag")
+    fast.load_state_dict(ref.state_dict())
+    xyz = (torch.rand(500, 3) * 2 - 1) * torch.tensor([1.5, 1.67, 1.0])
+    torch.testing.assert_close(fast.density(xyz), ref.density(xyz))
+    features = fast.app_features(xyz)
+    torch.testing.assert_close(features, ref.app_features(xyz))
+    rgb = fast.color(features, torch.nn.functional.normalize(torch.randn(500, 3), dim=-1))
+    assert rgb.shape == (500, 3) and (rgb >= 0).all() and (rgb <= 1).all()
+    (fast.density(xyz).sum() + rgb.sum()).backward()
+    for name, p in fast.named_parameters():
+        assert p.grad is not None and p.grad.abs().sum() > 0, name
+
+
+def test_density_is_nonnegative():
+    field = TensorVMField(AABB, n_voxels=16**3)
+    assert (field.density(torch.rand(1000, 3) * 2 - 1) >= 0).all()
+
+
+def test_schedule_numbers_match_the_paper():
+    # LASER.md §2: upsampling to 7 012 258; 23 446 908; 78 399 352; 262 144 160 voxels
+    assert log_spaced_voxels(2097156, 262144000, 4) == [7012258, 23446908, 78399352, 262144160]
+    res = voxels_to_resolution(2097156, torch.tensor(AABB))
+    assert abs(res[0] * res[1] * res[2] - 2097156) / 2097156 < 0.05
+
+
+def test_upsampling_keeps_the_field():
+    torch.manual_seed(0)
+    field = TensorVMField(AABB, n_voxels=16**3)
+    # A smooth field survives bilinear upsampling almost exactly.
+    with torch.no_grad():
+        for grid in (field.density_grid, field.app_grid):
+            for p in [*grid.planes, *grid.lines]:
+                p.copy_(torch.linspace(0.5, 1.0, p.shape[-2])[:, None].expand_as(p[0, 0]).expand_as(p))
+    xyz = (torch.rand(200, 3) * 1.8 - 0.9)
+    before = field.density(xyz).detach()
+    assert field.set_resolution(40**3)
+    assert field.grid_resolution() == voxels_to_resolution(40**3, field.aabb)
+    torch.testing.assert_close(field.density(xyz), before, atol=1e-5, rtol=1e-5)
+
+
+def test_shrink_keeps_values_inside_the_new_box():
+    torch.manual_seed(0)
+    field = TensorVMField(AABB, n_voxels=24**3)
+    box = torch.tensor([[-0.5, -0.6, -0.3], [0.7, 0.4, 0.5]])
+    xyz = box[0] + torch.rand(300, 3) * (box[1] - box[0])
+    density, app = field.density(xyz).detach(), field.app_features(xyz).detach()
+    field.shrink(box)
+    assert (field.aabb[0] <= box[0] + 1e-6).all() and (field.aabb[1] >= box[1] - 1e-6).all()
+    torch.testing.assert_close(field.density(xyz), density, atol=1e-5, rtol=1e-4)
+    torch.testing.assert_close(field.app_features(xyz), app, atol=1e-5, rtol=1e-4)
+
+
+def test_state_round_trip_after_grid_changes():
+    torch.manual_seed(0)
+    field = TensorVMField(AABB, n_voxels=16**3)
+    field.set_resolution(24**3)
+    box = field.update_alpha_mask(step_size=0.01, threshold=1e-4)
+    field.shrink(box)
+    fresh = TensorVMField(AABB, n_voxels=16**3)
+    fresh.prepare_for_load(field.state_dict_meta())
+    fresh.load_state_dict(field.state_dict())
+    xyz = torch.rand(100, 3) * 2 - 1
+    torch.testing.assert_close(fresh.density(xyz), field.density(xyz))
+    assert torch.equal(fresh.occupied(xyz), field.occupied(xyz))
+
+
+def test_total_variation_is_zero_for_constant_planes():
+    field = TensorVMField(AABB, n_voxels=16**3)
+    with torch.no_grad():
+        for p in field.density_grid.planes:
+            p.fill_(0.3)
+    assert field.regularization()["tv_density"].item() == 0.0
+    assert field.regularization()["tv_app"].item() > 0.0

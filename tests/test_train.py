@@ -1,0 +1,96 @@
+"""The training loop of train.py: end to end, resume equivalence, refusing foreign checkpoints."""
+
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from hydra import compose, initialize_config_dir
+
+import train
+from laser.data.scenes import load_scene
+from laser.errors import CheckpointError, DataError
+from laser.training.run import setup_run
+
+REPO = Path(__file__).resolve().parents[1]
+TINY = ["logger=none", "reconstruction.n_iters=6", "reconstruction.batch_size=64", "field.n_voxels=4096",
+        "reconstruction.n_voxels_final=13824", "reconstruction.upsample_steps=[2,4]",
+        "reconstruction.alpha_mask_steps=[3]", "reconstruction.max_samples=16", "checkpoint_every=2",
+        "scene.holdout_every=4", "scene.generate=null"]
+
+
+def config(scene_root: Path, *extra: str):
+    with initialize_config_dir(config_dir=str(REPO / "conf"), version_base=None):
+        return compose("train", overrides=["scene=synthetic", f"scene.root={scene_root}", *TINY, *extra])
+
+
+def run_stage(cfg, run_dir: Path, interrupt_at: int | None = None):
+    run = setup_run(cfg, run_dir)
+    stage, identity = train.build_reconstruction(cfg, run.device)
+    if interrupt_at is not None:
+        step_fn = stage.train_step
+
+        def train_step(step):
+            if step == interrupt_at:
+                raise KeyboardInterrupt
+            return step_fn(step)
+        stage.train_step = train_step
+    metrics = train.fit(stage, run, cfg, identity)
+    return stage, metrics
+
+
+def test_resume_gives_the_same_result_as_an_uninterrupted_run(tiny_scene, tmp_path):
+    cfg = config(tiny_scene)
+    straight, _ = run_stage(cfg, tmp_path / "a")
+    with pytest.raises(KeyboardInterrupt):
+        run_stage(cfg, tmp_path / "b", interrupt_at=5)       # killed after the checkpoint of step 4
+    assert torch.load(tmp_path / "b/checkpoints/reconstruction.pt", weights_only=False)["step"] == 4
+    torch.manual_seed(123)                                   # a new process would start from other RNG states
+    resumed, _ = run_stage(cfg, tmp_path / "b")
+    a, b = straight.field.state_dict(), resumed.field.state_dict()
+    assert a.keys() == b.keys()
+    for key in a:
+        assert torch.equal(a[key], b[key]), key
+    assert straight.field.grid_resolution() == resumed.field.grid_resolution()
+
+
+def test_incompatible_checkpoint_is_refused_and_kept(tiny_scene, tmp_path):
+    run_stage(config(tiny_scene), tmp_path / "run")
+    path = tmp_path / "run/checkpoints/reconstruction.pt"
+    before = path.read_bytes()
+    with pytest.raises(CheckpointError, match="density_components"):
+        run_stage(config(tiny_scene, "field.density_components=[8,2,2]"), tmp_path / "run")
+    assert path.read_bytes() == before
+    with pytest.raises(CheckpointError, match="resume=false"):
+        run_stage(config(tiny_scene, "resume=false"), tmp_path / "run")
+    assert path.read_bytes() == before
+
+
+def test_finished_run_is_reused(tiny_scene, tmp_path):
+    _, first = run_stage(config(tiny_scene), tmp_path / "run")
+    stage, again = run_stage(config(tiny_scene), tmp_path / "run")
+    assert again == first
+
+
+def test_missing_real_scene_says_where_the_data_comes_from(tmp_path):
+    with initialize_config_dir(config_dir=str(REPO / "conf"), version_base=None):
+        cfg = compose("train", overrides=["scene=bed", f"scene.root={tmp_path / 'bed'}"])
+    with pytest.raises(DataError, match="3D-OVS dataset"):
+        load_scene(cfg.scene, cfg.scene.downsample.reconstruction)
+
+
+def test_train_py_end_to_end(tiny_scene, tmp_path):
+    scene = tmp_path / "scene"
+    shutil.copytree(tiny_scene, scene)
+    run_dir = tmp_path / "run"
+    out = subprocess.run([sys.executable, "train.py", f"scene.root={scene}", *TINY, f"hydra.run.dir={run_dir}"],
+                         cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-3000:]
+    result = json.loads(out.stdout.strip().splitlines()[-1])
+    assert result["test_psnr"] > 5 and 0 < result["test_ssim"] <= 1
+    assert (run_dir / "checkpoints/reconstruction.pt").is_file()
+    renders = run_dir / "reconstruction/test"
+    assert {p.name for p in renders.iterdir()} >= {"rgb_000.png", "depth_000.png", "rgb_004.png", "metrics.json"}
