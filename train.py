@@ -13,6 +13,7 @@ import json
 
 import laser  # noqa: F401  (makes torchvision importable on CPU torch before anything imports it)
 import hydra
+import imageio.v3 as iio
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 from tqdm import tqdm
@@ -61,10 +62,13 @@ def fit(stage, run: Run, cfg: DictConfig, identity: dict) -> dict[str, float]:
         if done % cfg.checkpoint_every == 0 or done == stage.n_iters:
             save(stage, run, identity, done)
         if cfg.eval_every and done % cfg.eval_every == 0 and done < stage.n_iters:
-            run.logger.log({f"{stage.name}/{k}": v for k, v in stage.evaluate(run.dir / stage.name / f"step_{done}").items()}, step)
+            scores = stage.evaluate(run.dir / stage.name / f"step_{done}")
+            run.logger.log({f"{stage.name}/{k}": v for k, v in scores.items()}, step)
 
     metrics = stage.evaluate(results.parent)
     run.logger.log({f"{stage.name}/{k}": v for k, v in metrics.items()}, stage.n_iters)
+    run.logger.log_images({f"{stage.name}/{p.stem}": iio.imread(p) for p in sorted(results.parent.glob("*.png"))},
+                          stage.n_iters)
     return metrics
 
 

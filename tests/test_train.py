@@ -16,7 +16,7 @@ from laser.errors import CheckpointError, DataError
 from laser.training.run import setup_run
 
 REPO = Path(__file__).resolve().parents[1]
-TINY = ["logger=none", "reconstruction.n_iters=6", "reconstruction.batch_size=64", "field.n_voxels=4096",
+TINY = ["logger=none", "reconstruction.n_iters=6", "reconstruction.batch_size=64", "reconstruction.n_voxels_init=4096",
         "reconstruction.n_voxels_final=13824", "reconstruction.upsample_steps=[2,4]",
         "reconstruction.alpha_mask_steps=[3]", "reconstruction.max_samples=16", "checkpoint_every=2",
         "scene.holdout_every=4", "scene.generate=null"]
@@ -94,3 +94,16 @@ def test_train_py_end_to_end(tiny_scene, tmp_path):
     assert (run_dir / "checkpoints/reconstruction.pt").is_file()
     renders = run_dir / "reconstruction/test"
     assert {p.name for p in renders.iterdir()} >= {"rgb_000.png", "depth_000.png", "rgb_004.png", "metrics.json"}
+
+    out = subprocess.run([sys.executable, "eval.py", f"run={run_dir}", f"out={tmp_path / 'eval'}"],
+                         cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-3000:]
+    table = json.loads((tmp_path / "eval/results.json").read_text())
+    assert table[0]["test_psnr"] == pytest.approx(result["test_psnr"], abs=1e-4)
+    assert (tmp_path / "eval/results.md").read_text().startswith("| run | scene | step | test_psnr")
+
+
+def test_eval_py_without_a_trained_run(tmp_path):
+    out = subprocess.run([sys.executable, "eval.py", f"run={tmp_path}"], cwd=REPO, capture_output=True, text=True,
+                         timeout=120)
+    assert out.returncode != 0 and "no trained run here" in out.stderr

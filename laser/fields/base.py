@@ -50,7 +50,7 @@ class RadianceField(nn.Module):
 
     # --- schedule hooks (no-ops unless a field needs them) -------------------------------------------------------
     def set_resolution(self, n_voxels: int) -> bool:
-        """Grow the field to about ``n_voxels`` cells; True when parameters were replaced (optimiser must be rebuilt)."""
+        """Grow the field to about ``n_voxels`` cells; True when parameters were replaced (rebuild the optimiser)."""
         return False
 
     def shrink(self, new_aabb: Tensor) -> None:
@@ -60,6 +60,11 @@ class RadianceField(nn.Module):
     def grid_resolution(self) -> list[int]:
         """Cells per axis (x, y, z) used to size the alpha mask and the number of samples per ray."""
         raise NotImplementedError
+
+    def cell_size(self) -> float:
+        """Mean edge length of a grid cell over the current box (TensoRF's ``units``, averaged)."""
+        res = torch.tensor(self.grid_resolution(), device=self.aabb.device, dtype=torch.float32)
+        return float(((self.aabb[1] - self.aabb[0]) / (res - 1)).mean())
 
     # --- occupancy -----------------------------------------------------------------------------------------------
     def normalize(self, xyz: Tensor, aabb: Tensor | None = None) -> Tensor:

@@ -1,11 +1,12 @@
-"""Laser's simplified text augmentation, the pure parts (LASER.md §8): prompt repetition and the min-max
-standardisation of relevancy maps. The loss that uses them lives with the losses.
+"""Laser's simplified text augmentation (LASER.md §8): prompt repetition, the min-max standardisation of relevancy
+maps, and the loss that aligns the adapted CLIP tokens' relevancy with the standardised, repeated-prompt one.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 
+import torch.nn.functional as F
 from torch import Tensor
 
 
@@ -41,3 +42,30 @@ def relevancy_targets(features: Tensor, repeated_text: Tensor, eps: float = 0.0)
     """
     relevancy = features @ repeated_text.T
     return minmax_standardize(relevancy, dim=-1, eps=eps), minmax_standardize(relevancy.T, dim=-1, eps=eps)
+
+
+def text_augmentation_loss(c1: Tensor, c0: Tensor, text: Tensor, text_repeated: Tensor,
+                           eps: float = 1e-6) -> Tensor:
+    """L_aug of §8: ``-½ [mean_n cos_c(R[n], Ẑ[n]) + mean_c cos_n(Rᵗ[c], Ẑᵗ[c])]``.
+
+    ``R = c1 Tᵀ`` is the relevancy of the adapted tokens to the original prompts; ``Ẑ``, ``Ẑᵗ`` are the targets of
+    :func:`relevancy_targets` on the centred tokens and the repeated prompts. Gradients reach ``c1`` only.
+
+    Args:
+        c1: ``[N, D]`` adapted CLIP tokens (unnormalised).
+        c0: ``[N, D]`` centred CLIP tokens (the adapter's first output).
+        text: ``[C, D]`` T, embeddings of the class prompts.
+        text_repeated: ``[C, D]`` T̃, embeddings of the repeated prompts.
+        eps: added to the min-max range. Each target row is scaled by its own range and only enters through a
+            cosine, so ``eps`` changes nothing unless a row is constant; there the official code (no ``eps``)
+            gives NaN, and ``eps > 0`` gives a zero target row, whose cosine is 0: that row stops contributing.
+            With a single class (C = 1) every per-pixel row is constant, the per-pixel term is 0 and the loss is
+            ``-½ mean_c cos_n(Rᵗ[c], Ẑᵗ[c])``. ``eps = 0`` reproduces the official NaN.
+
+    Returns:
+        A scalar.
+    """
+    per_pixel, per_class = relevancy_targets(c0.detach(), text_repeated.detach(), eps=eps)
+    relevancy = c1 @ text.detach().T
+    return -(F.cosine_similarity(relevancy, per_pixel, dim=-1).mean()
+             + F.cosine_similarity(relevancy.T, per_class, dim=-1).mean()) / 2

@@ -51,6 +51,7 @@ class Reconstruction:
         self.scene = scene
         self.device = torch.device(device)
         self.field = field.to(self.device)
+        self.field.set_resolution(n_voxels_init)        # the schedule owns the grid size
         self.n_iters = n_iters
         self.batch_size = batch_size
         self.lr_grid, self.lr_network = lr_grid, lr_network
@@ -152,9 +153,7 @@ class Reconstruction:
     def _schedule(self, step: int) -> None:
         """Grid changes after the update of ``step`` (TensoRF applies them at the end of the iteration)."""
         if step in self.alpha_mask_steps:
-            resolution = self.field.grid_resolution()
-            step_size = float(((self.field.aabb[1] - self.field.aabb[0]) / (torch.tensor(resolution, device=self.device) - 1)).mean()) * self.step_ratio
-            box = self.field.update_alpha_mask(step_size, self.alpha_mask_threshold)
+            box = self.field.update_alpha_mask(self.field.cell_size() * self.step_ratio, self.alpha_mask_threshold)
             if step == self.alpha_mask_steps[0]:
                 self.field.shrink(box)
                 # Shrinking replaces the grid tensors. TensoRF keeps the old optimizer, which then updates

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import uuid
 from pathlib import Path
 
 import numpy as np
@@ -38,7 +39,7 @@ class WandbLogger(Logger):
         run_dir.mkdir(parents=True, exist_ok=True)
         # One W&B run per run folder, continued when training resumes.
         id_file = run_dir / "wandb_id.txt"
-        run_id = id_file.read_text().strip() if id_file.exists() else wandb.util.generate_id()
+        run_id = id_file.read_text().strip() if id_file.exists() else uuid.uuid4().hex[:8]
         id_file.write_text(run_id)
         self.run = wandb.init(project=project, dir=str(run_dir), mode=mode, name=name, config=run_config,
                               tags=tags, id=run_id, resume="allow")

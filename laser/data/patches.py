@@ -1,0 +1,100 @@
+"""Laser's patch sampler: random square crops for the teacher and one block-mean ray per teacher token (LASER.md §9.3).
+
+Each step takes ``patch_num`` random ``P x P`` crops of the training views (at the patch downsampling, x5 on
+3D-OVS). The teacher gives one token per ``token x token`` block of a crop, ``g = P / token`` per side, and the field
+renders one ray per token: the average of the NDC ray origins and directions of the block's pixels, supervised in
+colour by the block's average RGB.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from laser.data.scene import Scene
+from laser.language.teachers.base import PatchBatch
+
+
+@dataclass
+class PatchSample:
+    """One step's crops and the rays that render their tokens, in the token order of the teacher's output.
+
+    ``rays`` and ``rgb`` are row-major over (crop, token row, token column): row ``(b * g + i) * g + j`` is token
+    ``(i, j)`` of crop ``b``, i.e. the order of a ``[B, g, g, D]`` teacher output reshaped to ``[B*g*g, D]``.
+    """
+
+    batch: PatchBatch          # images [B, P, P, 3], views [B], top_left [B, 2] (row, col), labels [B, P, P] or None
+    rays: Tensor               # [B*g*g, 6] block-mean ray (origin, direction)
+    rgb: Tensor                # [B*g*g, 3] block-mean colour
+    grid: tuple[int, int, int]  # (B, g, g)
+
+
+class PatchSampler:
+    """Draws ``patch_num`` random ``patch_size`` crops per call from ``views`` of ``scene``.
+
+    Crop corners are uniform over every pixel position that keeps the crop inside the image (not aligned to the
+    token grid), as in the official loader. Positions come from the sampler's own seeded generator, whose state
+    :meth:`state_dict` saves so that a resumed run draws the same crops (the official code is unseeded).
+    """
+
+    def __init__(self, scene: Scene, patch_size: int, patch_num: int, token_size: int = 16,
+                 views: list[int] | None = None, seed: int = 0):
+        if patch_size <= 0 or token_size <= 0 or patch_size % token_size:
+            raise ValueError(f"crop size {patch_size} px is not a positive multiple of the teacher's token size "
+                             f"{token_size} px: set the crop size (teacher.crop_size) to a multiple of {token_size}")
+        if patch_size > scene.height or patch_size > scene.width:
+            raise ValueError(f"crops of {patch_size} px do not fit the {scene.width}x{scene.height} images of scene "
+                             f"'{scene.name}' at its patch resolution: lower the crop size (teacher.crop_size) or the "
+                             f"patch downsampling (scene.downsample.patch)")
+        if patch_num <= 0:
+            raise ValueError(f"patch_num must be positive, got {patch_num}")
+        self.views = list(scene.train_views if views is None else views)
+        if not self.views or not all(0 <= v < scene.num_views for v in self.views):
+            raise ValueError(f"views {self.views} must be a non-empty list of view indices of scene '{scene.name}' "
+                             f"({scene.num_views} views)")
+        self.scene = scene
+        self.patch_size = patch_size
+        self.patch_num = patch_num
+        self.token_size = token_size
+        # Rays of every sampled view once, so that a crop is a slice (a 3D-OVS view at x5 is a few MB).
+        self.view_rays = torch.stack([scene.rays(v).reshape(scene.height, scene.width, 6) for v in self.views])
+        self.generator = torch.Generator().manual_seed(seed)
+
+    @property
+    def grid_size(self) -> int:
+        """Tokens per crop side, ``g = P / token_size``."""
+        return self.patch_size // self.token_size
+
+    def sample(self) -> PatchSample:
+        """Draw one step's crops: ``B = patch_num`` crops of ``P x P`` pixels and their ``B*g*g`` token rays."""
+        b, p, g = self.patch_num, self.patch_size, self.grid_size
+        slots = torch.randint(len(self.views), (b,), generator=self.generator)
+        rows = torch.randint(self.scene.height - p + 1, (b,), generator=self.generator)
+        cols = torch.randint(self.scene.width - p + 1, (b,), generator=self.generator)
+        views = torch.tensor(self.views)[slots]
+
+        corners = list(zip(slots.tolist(), views.tolist(), rows.tolist(), cols.tolist()))
+        images = torch.stack([self.scene.images[v, r : r + p, c : c + p] for _, v, r, c in corners])
+        rays = torch.stack([self.view_rays[s, r : r + p, c : c + p] for s, _, r, c in corners])
+        labels = None
+        if self.scene.labels is not None:
+            labels = torch.stack([self.scene.labels[v, r : r + p, c : c + p] for _, v, r, c in corners])
+
+        # Rays and colours pooled together, as the official AvgPool(16, ceil_mode=True) does to each of them.
+        pixels = torch.cat([rays, images.to(rays)], dim=-1).permute(0, 3, 1, 2)              # [B, 9, P, P]
+        blocks = F.avg_pool2d(pixels, self.token_size, self.token_size, ceil_mode=True)     # [B, 9, g, g]
+        blocks = blocks.permute(0, 2, 3, 1).reshape(b * g * g, 9)
+
+        batch = PatchBatch(images=images, views=views, top_left=torch.stack([rows, cols], dim=1), labels=labels)
+        return PatchSample(batch=batch, rays=blocks[:, :6], rgb=blocks[:, 6:], grid=(b, g, g))
+
+    def state_dict(self) -> dict[str, Any]:
+        """The generator state: restoring it replays the crops that would have followed."""
+        return {"generator": self.generator.get_state()}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.generator.set_state(state["generator"])
