@@ -9,8 +9,6 @@ test views are rendered, and ``<out>/results.{md,csv,json}`` hold one row per ru
 
 from __future__ import annotations
 
-import csv
-import json
 from pathlib import Path
 
 import laser  # noqa: F401  (makes torchvision importable on CPU torch before anything imports it)
@@ -19,6 +17,7 @@ from omegaconf import DictConfig, OmegaConf
 
 import train
 from laser.errors import CheckpointError
+from laser.evaluation.tables import write_tables
 from laser.training import checkpoint
 from laser.training.run import resolve_device
 
@@ -50,26 +49,6 @@ def evaluate_run(run: Path, out: Path, device) -> dict[str, float]:
     stage.load_state_dict(saved["stage"])
     metrics = stage.evaluate(out)
     return {"scene": cfg.scene.name, "step": saved["step"], **metrics}
-
-
-def write_tables(rows: list[dict], out: Path) -> str:
-    numeric = [k for k in rows[0] if isinstance(rows[0][k], float)]
-    mean = {"run": "mean", **{k: sum(r[k] for r in rows) / len(rows) for k in numeric}}
-    table = rows + ([mean] if len(rows) > 1 else [])
-    columns = list(rows[0])
-    lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
-    for row in table:
-        lines.append("| " + " | ".join(f"{row[c]:.4f}" if isinstance(row.get(c), float) else str(row.get(c, ""))
-                                       for c in columns) + " |")
-    markdown = "\n".join(lines) + "\n"
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "results.md").write_text(markdown)
-    (out / "results.json").write_text(json.dumps(table, indent=2))
-    with open(out / "results.csv", "w", newline="") as handle:
-        writer = csv.DictWriter(handle, fieldnames=columns)
-        writer.writeheader()
-        writer.writerows(table)
-    return markdown
 
 
 @hydra.main(version_base=None, config_path="conf", config_name="eval")
