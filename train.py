@@ -1,4 +1,4 @@
-"""Train one scene: stage 1 fits a radiance field to the photos; stage 2 (segmentation) follows it.
+"""Train one scene: stage 1 fits a radiance field to the photos; stage 2 distils language features into it.
 
     python train.py scene=bed                    # a 3D-OVS scene (data/bed)
     python train.py                              # the synthetic benchmark, generated on first use
@@ -20,6 +20,7 @@ from tqdm import tqdm
 
 from laser.data.scenes import load_scene
 from laser.errors import CheckpointError
+from laser.language.text import TextEncoder, encode_scene_text
 from laser.training import checkpoint
 from laser.training.run import Run, setup_run
 
@@ -58,7 +59,7 @@ def fit(stage, run: Run, cfg: DictConfig, identity: dict) -> dict[str, float]:
         done = step + 1
         if step % cfg.log_every == 0:
             run.logger.log({f"{stage.name}/{k}": v for k, v in metrics.items()}, step)
-            bar.set_postfix(loss=f"{metrics['loss']:.4f}", psnr=f"{metrics.get('psnr', 0.0):.2f}")
+            bar.set_postfix({k: f"{metrics[k]:.4f}" for k in ("loss", "psnr") if k in metrics})
         if done % cfg.checkpoint_every == 0 or done == stage.n_iters:
             save(stage, run, identity, done)
         if cfg.eval_every and done % cfg.eval_every == 0 and done < stage.n_iters:
@@ -70,6 +71,20 @@ def fit(stage, run: Run, cfg: DictConfig, identity: dict) -> dict[str, float]:
     run.logger.log_images({f"{stage.name}/{p.stem}": iio.imread(p) for p in sorted(results.parent.glob("*.png"))},
                           stage.n_iters)
     return metrics
+
+
+def build_segmentation(cfg: DictConfig, field, device):
+    """Stage 2 on the stage-1 field: the scene at the patch and evaluation resolutions, text, teacher, method."""
+    ds = cfg.scene.downsample
+    scene = load_scene(cfg.scene, ds.patch)
+    eval_scene = scene if ds.eval == ds.patch else load_scene(cfg.scene, ds.eval)
+    text = encode_scene_text(TextEncoder(instantiate(cfg.clip)), scene.classes)
+    teacher = instantiate(cfg.teacher)
+    stage = instantiate(cfg.model, _partial_=True)(scene=scene, eval_scene=eval_scene, field=field, teacher=teacher,
+                                                    text=text, device=device)
+    identity = {**stage.identity(), "model_config": OmegaConf.to_container(cfg.model, resolve=True),
+                "teacher_config": OmegaConf.to_container(cfg.teacher, resolve=True)}
+    return stage, identity
 
 
 def build_reconstruction(cfg: DictConfig, device):
@@ -85,8 +100,13 @@ def build_reconstruction(cfg: DictConfig, device):
 @hydra.main(version_base=None, config_path="conf", config_name="train")
 def main(cfg: DictConfig) -> None:
     run = setup_run(cfg)
-    stage, identity = build_reconstruction(cfg, run.device)
-    metrics = fit(stage, run, cfg, identity)
+    reconstruction, identity = build_reconstruction(cfg, run.device)
+    metrics = fit(reconstruction, run, cfg, identity)
+    if reconstruction.scene.classes:
+        segmentation, identity = build_segmentation(cfg, reconstruction.field, run.device)
+        metrics |= fit(segmentation, run, cfg, identity)
+    else:
+        print(f"{cfg.scene.name} has no segmentations/classes.txt: stage 2 (segmentation) skipped")
     print(json.dumps({"run_dir": str(run.dir), **metrics}))
     run.logger.finish()
 

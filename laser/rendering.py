@@ -52,6 +52,16 @@ def composite(weights: Tensor, values: Tensor) -> Tensor:
     return (weights[..., None] * values).sum(dim=1)
 
 
+def composite_packed(weights: Tensor, values: Tensor, mask: Tensor) -> Tensor:
+    """:func:`composite` for values given only where ``mask`` ``[R, S]`` is True, packed as ``[P, D]``.
+
+    Wide per-point values (512-d semantics) would make the dense ``[R, S, D]`` tensor huge and mostly zeros.
+    """
+    ray = mask.nonzero()[:, 0]
+    out = values.new_zeros(weights.shape[0], values.shape[-1])
+    return out.index_add(0, ray, weights[mask][:, None] * values)
+
+
 def render_rays(field: RadianceField, rays: Tensor, near_far: tuple[float, float], n_samples: int,
                 distance_scale: float = 25.0, weight_threshold: float = 1e-4, background: Tensor | None = None,
                 generator: torch.Generator | None = None) -> dict[str, Tensor]:

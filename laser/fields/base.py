@@ -44,6 +44,11 @@ class RadianceField(nn.Module):
         """Optimiser parameter groups; grids and networks learn at different rates."""
         raise NotImplementedError
 
+    def appearance_param_groups(self, lr_grid: float, lr_network: float) -> list[dict]:
+        """The parameters behind :meth:`app_features` and :meth:`color` only (density excluded): what stage 2
+        fine-tunes jointly with the semantics while density stays frozen."""
+        raise NotImplementedError(f"{type(self).__name__} does not separate appearance from density parameters")
+
     def regularization(self) -> dict[str, Tensor]:
         """Named unweighted regularisers (e.g. total variation); empty when the field has none."""
         return {}

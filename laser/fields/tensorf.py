@@ -194,6 +194,10 @@ class TensorVMField(RadianceField):
             {"params": [*self.basis.parameters(), *self.color_net.parameters()], "lr": lr_network},
         ]
 
+    def appearance_param_groups(self, lr_grid: float, lr_network: float) -> list[dict]:
+        return [{"params": list(self.app_grid.parameters()), "lr": lr_grid},
+                {"params": [*self.basis.parameters(), *self.color_net.parameters()], "lr": lr_network}]
+
     def regularization(self) -> dict[str, Tensor]:
         return {"tv_density": total_variation(self.density_grid.planes),
                 "tv_app": total_variation(self.app_grid.planes)}

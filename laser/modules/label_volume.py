@@ -16,7 +16,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from laser.fields.tensorf import VMGrid
-from laser.rendering import composite
+from laser.rendering import composite, composite_packed
 
 CE_MODES = ("intended", "code_exact")
 
@@ -58,11 +58,7 @@ def ray_distribution(point_values: Tensor, weights: Tensor, mask: Tensor | None 
     """
     if mask is None:
         return torch.softmax(composite(weights, point_values), dim=-1)
-    # The dense [R, S, K] tensor would be mostly zeros (K = 512 per sample): accumulate the packed points instead.
-    ray = mask.nonzero()[:, 0]
-    summed = point_values.new_zeros(weights.shape[0], point_values.shape[-1])
-    summed = summed.index_add(0, ray, weights[mask][:, None] * point_values)
-    return torch.softmax(summed, dim=-1)
+    return torch.softmax(composite_packed(weights, point_values, mask), dim=-1)
 
 
 def label_targets(pi: Tensor, text: Tensor) -> tuple[Tensor, Tensor]:
