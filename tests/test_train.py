@@ -19,7 +19,8 @@ REPO = Path(__file__).resolve().parents[1]
 TINY = ["logger=none", "reconstruction.n_iters=6", "reconstruction.batch_size=64", "reconstruction.n_voxels_init=4096",
         "reconstruction.n_voxels_final=13824", "reconstruction.upsample_steps=[2,4]",
         "reconstruction.alpha_mask_steps=[3]", "reconstruction.max_samples=16", "checkpoint_every=2",
-        "scene.holdout_every=4", "scene.generate=null"]
+        "scene.holdout_every=4", "scene.generate=null",
+        "scene.laser.n_iters=2", "scene.laser.patch_size=32", "scene.laser.patch_num=2", "scene.laser.n_samples=16"]
 
 
 def config(scene_root: Path, *extra: str):
@@ -91,6 +92,7 @@ def test_train_py_end_to_end(tiny_scene, tmp_path):
     assert out.returncode == 0, out.stderr[-3000:]
     result = json.loads(out.stdout.strip().splitlines()[-1])
     assert result["test_psnr"] > 5 and 0 < result["test_ssim"] <= 1
+    assert 0 <= result["miou"] <= 1                        # stage 2 followed stage 1
     assert (run_dir / "checkpoints/reconstruction.pt").is_file()
     renders = run_dir / "reconstruction/test"
     assert {p.name for p in renders.iterdir()} >= {"rgb_000.png", "depth_000.png", "rgb_004.png", "metrics.json"}

@@ -45,10 +45,10 @@ class PatchSampler:
                  views: list[int] | None = None, seed: int = 0):
         if patch_size <= 0 or token_size <= 0 or patch_size % token_size:
             raise ValueError(f"crop size {patch_size} px is not a positive multiple of the teacher's token size "
-                             f"{token_size} px: set the crop size (teacher.crop_size) to a multiple of {token_size}")
+                             f"{token_size} px: set the crop size (scene.laser.patch_size) to a multiple of {token_size}")
         if patch_size > scene.height or patch_size > scene.width:
             raise ValueError(f"crops of {patch_size} px do not fit the {scene.width}x{scene.height} images of scene "
-                             f"'{scene.name}' at its patch resolution: lower the crop size (teacher.crop_size) or the "
+                             f"'{scene.name}' at its patch resolution: lower the crop size (scene.laser.patch_size) or the "
                              f"patch downsampling (scene.downsample.patch)")
         if patch_num <= 0:
             raise ValueError(f"patch_num must be positive, got {patch_num}")
