@@ -3,8 +3,10 @@
     python eval.py run=runs/synthetic                  # one run folder
     python eval.py run=multirun/2026-11-21_10-00-00    # a sweep: one row per job
 
-Each run is rebuilt from the config Hydra saved beside it (``.hydra/config.yaml``) and its last checkpoint, the
-test views are rendered, and ``<out>/results.{md,csv,json}`` hold one row per run and a mean row.
+Each run is rebuilt from the config Hydra saved beside it (``.hydra/config.yaml``) and its checkpoints: the test
+views are re-rendered (PSNR, SSIM) and, where stage 2 was trained, the annotated views are segmented (3D-OVS mIoU
+and accuracy, overlays and per-class relevancy maps). ``<out>/results.{md,csv,json}`` hold one row per run; for a
+sweep, ``<out>/miou_by_scene.*`` has one row per configuration and one column per scene plus their mean.
 """
 
 from __future__ import annotations
@@ -17,7 +19,8 @@ from omegaconf import DictConfig, OmegaConf
 
 import train
 from laser.errors import CheckpointError
-from laser.evaluation.tables import write_tables
+from laser.evaluation.tables import pivot, write_tables
+from laser.methods.laser import LaserSegmentation
 from laser.training import checkpoint
 from laser.training.run import resolve_device
 
@@ -40,15 +43,22 @@ def run_label(run: Path, root: Path) -> str:
     return run.name
 
 
-def evaluate_run(run: Path, out: Path, device) -> dict[str, float]:
+def evaluate_run(run: Path, out: Path, device) -> dict:
+    """Rebuild a run's stages from its saved config and checkpoints and evaluate each one that was trained."""
     cfg = OmegaConf.load(run / ".hydra" / "config.yaml")
-    stage, identity = train.build_reconstruction(cfg, device)
-    path = run / "checkpoints" / f"{stage.name}.pt"
-    saved = checkpoint.load(path)
-    checkpoint.check_compatible(path, saved, identity)
-    stage.load_state_dict(saved["stage"])
-    metrics = stage.evaluate(out)
-    return {"scene": cfg.scene.name, "step": saved["step"], **metrics}
+    reconstruction, identity = train.build_reconstruction(cfg, device)
+    saved = checkpoint.restore_stage(reconstruction, run / "checkpoints" / f"{reconstruction.name}.pt", identity)
+    row = {"scene": cfg.scene.name, "step": saved["step"], **reconstruction.evaluate(out / reconstruction.name)}
+    if reconstruction.scene.classes and (run / "checkpoints" / f"{LaserSegmentation.name}.pt").is_file():
+        segmentation, identity = train.build_segmentation(cfg, reconstruction.field, device)
+        checkpoint.restore_stage(segmentation, run / "checkpoints" / f"{segmentation.name}.pt", identity)
+        row.update(segmentation.evaluate(out / segmentation.name))
+    return row
+
+
+def configuration(label: str) -> str:
+    """A sweep job's overrides without its scene: the row of the configuration x scene table."""
+    return ",".join(o for o in label.split(",") if not o.startswith("scene=")) or "default"
 
 
 @hydra.main(version_base=None, config_path="conf", config_name="eval")
@@ -60,6 +70,9 @@ def main(cfg: DictConfig) -> None:
         label = run_label(run, root)
         rows.append({"run": label, **evaluate_run(run, out / label.replace("/", "_"), device)})
     print(write_tables(rows, out), end="")
+    if len(rows) > 1 and "miou" in rows[0]:
+        table = pivot([{**r, "configuration": configuration(r["run"])} for r in rows], "configuration", "scene", "miou")
+        print(write_tables(table, out, name="miou_by_scene", with_mean=False), end="")
 
 
 if __name__ == "__main__":

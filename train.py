@@ -33,9 +33,7 @@ def restore(stage, run: Run, identity: dict, resume: bool) -> int:
     if not resume:
         raise CheckpointError(path, "already exists and resume=false; pass resume=true to continue it, or "
                                     "choose another run folder (hydra.run.dir=...)")
-    saved = checkpoint.load(path)
-    checkpoint.check_compatible(path, saved, identity)
-    stage.load_state_dict(saved["stage"])
+    saved = checkpoint.restore_stage(stage, path, identity)
     checkpoint.set_rng_state(saved["rng"])
     return saved["step"]
 

@@ -102,6 +102,8 @@ def test_train_py_end_to_end(tiny_scene, tmp_path):
     assert out.returncode == 0, out.stderr[-3000:]
     table = json.loads((tmp_path / "eval/results.json").read_text())
     assert table[0]["test_psnr"] == pytest.approx(result["test_psnr"], abs=1e-4)
+    assert table[0]["miou"] == pytest.approx(result["miou"], abs=1e-6)        # stage 2 rebuilt and re-rendered
+    assert list((tmp_path / "eval").glob("*/laser/relevancy/*.png"))
     assert (tmp_path / "eval/results.md").read_text().startswith("| run | scene | step | test_psnr")
 
 

@@ -20,7 +20,8 @@ from torch import Tensor
 from laser.data.patches import PatchSampler
 from laser.data.scene import Scene
 from laser.evaluation.metrics import segmentation_metrics
-from laser.evaluation.pictures import class_palette, legend, save_png, segmentation_overlay, with_legend
+from laser.evaluation.pictures import (class_palette, legend, relevancy_map, save_png, segmentation_overlay,
+                                      with_legend)
 from laser.fields.base import RadianceField
 from laser.language.teachers.base import Teacher
 from laser.language.text import SceneText
@@ -177,7 +178,8 @@ class LaserSegmentation:
         return scores.reshape(scene.height, scene.width, -1), out["rgb"].reshape(scene.height, scene.width, 3)
 
     def evaluate(self, out_dir: str | Path) -> dict[str, float]:
-        """3D-OVS metrics on the annotated views (§11); overlays with a legend in ``out_dir``."""
+        """3D-OVS metrics on the annotated views (§11); overlays with a legend and per-class relevancy maps (cosine
+        similarity to each class, colour-mapped per map) in ``out_dir``."""
         out_dir = Path(out_dir)
         for module in self._modules().values():
             module.eval()
@@ -191,6 +193,8 @@ class LaserSegmentation:
             truths.append(self.eval_scene.annotations[view])
             save_png(out_dir / f"segmentation_{view:03d}.png",
                      with_legend(segmentation_overlay(rgb.cpu(), score.argmax(-1).cpu(), palette), key))
+            for index, name in enumerate(self.eval_scene.classes):
+                save_png(out_dir / "relevancy" / f"{view:03d}_{name}.png", relevancy_map(score[..., index].cpu()))
         for module in self._modules().values():
             module.train()
         result = segmentation_metrics(truths, scores)

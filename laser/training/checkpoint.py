@@ -76,3 +76,11 @@ def check_compatible(path: str | Path, checkpoint: dict, identity: dict) -> None
         raise CheckpointError(path, "written by an incompatible run; refusing to continue it. Differences:\n  "
                               + "\n  ".join(differences)
                               + "\nUse another run folder (hydra.run.dir=...) or restore the original settings.")
+
+
+def restore_stage(stage, path: str | Path, identity: dict) -> dict:
+    """Load a stage's checkpoint after checking it belongs to this run; returns the checkpoint (step, RNG states)."""
+    saved = load(path)
+    check_compatible(path, saved, identity)
+    stage.load_state_dict(saved["stage"])
+    return saved
