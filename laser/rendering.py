@@ -62,39 +62,47 @@ def composite_packed(weights: Tensor, values: Tensor, mask: Tensor) -> Tensor:
     return out.index_add(0, ray, weights[mask][:, None] * values)
 
 
-def render_rays(field: RadianceField, rays: Tensor, near_far: tuple[float, float], n_samples: int,
-                distance_scale: float = 25.0, weight_threshold: float = 1e-4, background: Tensor | None = None,
-                generator: torch.Generator | None = None) -> dict[str, Tensor]:
-    """Render colour, depth and opacity of ``rays`` ``[R, 6]`` through ``field``.
+def ray_weights(field: RadianceField, rays: Tensor, near_far: tuple[float, float], n_samples: int,
+                distance_scale: float = 25.0, generator: torch.Generator | None = None) -> dict[str, Tensor]:
+    """Samples along ``rays`` ``[R, 6]`` and their rendering weights from ``field``'s density.
 
-    Only points inside the field's box (and its alpha mask) are queried for density, and only points whose weight
-    exceeds ``weight_threshold`` for colour: most samples of a converged scene are empty or occluded.
-
-    Returns ``rgb [R, 3]``, ``depth [R]``, ``acc [R]`` and, for heads that read the same samples (stage 2),
-    ``weights [R, S]``, ``points [R, S, 3]`` and ``shaded [R, S]`` (the mask of points that were shaded).
+    Only points inside the field's box (and its alpha mask) are queried: most samples of a converged scene are empty.
+    Returns ``t [R, S]``, ``points [R, S, 3]``, unit ``viewdirs [R, S, 3]`` and ``weights [R, S]``.
     """
     near, far = near_far
     t, points = sample_along_rays(rays, near, far, n_samples, generator)
     direction_norm = rays[:, 3:].norm(dim=-1, keepdim=True)
     deltas = torch.cat([t[:, 1:] - t[:, :-1], torch.zeros_like(t[:, :1])], dim=-1) * direction_norm
     viewdirs = (rays[:, 3:] / direction_norm)[:, None].expand_as(points)
-
     valid = field.occupied(points.reshape(-1, 3)).reshape(t.shape)
     sigma = torch.zeros_like(t)
     if valid.any():
         sigma = sigma.masked_scatter(valid, field.density(points[valid]))
-    weights = compositing_weights(sigma, deltas * distance_scale)
+    return {"t": t, "points": points, "viewdirs": viewdirs,
+            "weights": compositing_weights(sigma, deltas * distance_scale)}
 
+
+def render_rays(field: RadianceField, rays: Tensor, near_far: tuple[float, float], n_samples: int,
+                distance_scale: float = 25.0, weight_threshold: float = 1e-4, background: Tensor | None = None,
+                generator: torch.Generator | None = None) -> dict[str, Tensor]:
+    """Render colour, depth and opacity of ``rays`` ``[R, 6]`` through ``field``.
+
+    Only points whose weight exceeds ``weight_threshold`` are shaded: most samples are empty or occluded.
+    Returns ``rgb [R, 3]``, ``depth [R]``, ``acc [R]`` and the samples' ``weights [R, S]``, ``points [R, S, 3]``
+    and ``shaded [R, S]`` (the mask of points that were shaded).
+    """
+    samples = ray_weights(field, rays, near_far, n_samples, distance_scale, generator)
+    t, points, weights = samples["t"], samples["points"], samples["weights"]
     shaded = weights > weight_threshold
     rgb = torch.zeros_like(points)
     if shaded.any():
         features = field.app_features(points[shaded])
-        rgb = rgb.masked_scatter(shaded[..., None], field.color(features, viewdirs[shaded]))
+        rgb = rgb.masked_scatter(shaded[..., None], field.color(features, samples["viewdirs"][shaded]))
     acc = weights.sum(dim=-1)
     rgb_map = composite(weights, rgb)
     if background is not None:
         rgb_map = rgb_map + (1.0 - acc[:, None]) * background
-    depth = (weights * t).sum(dim=-1) + (1.0 - acc) * far
+    depth = (weights * t).sum(dim=-1) + (1.0 - acc) * near_far[1]
     return {"rgb": rgb_map, "depth": depth, "acc": acc, "weights": weights, "points": points, "shaded": shaded}
 
 

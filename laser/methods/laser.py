@@ -30,7 +30,7 @@ from laser.modules.adapter import Adapter, distillation_loss, self_cross_loss
 from laser.modules.label_volume import LabelVolume, ce_students, label_ce_loss, label_targets, ray_distribution
 from laser.modules.ltqa import LTQA
 from laser.modules.semantic_head import SemanticHead
-from laser.rendering import composite_packed, compositing_weights, render_in_chunks, sample_along_rays
+from laser.rendering import composite_packed, ray_weights, render_in_chunks
 
 
 class LaserSegmentation:
@@ -83,23 +83,18 @@ class LaserSegmentation:
     def render(self, rays: Tensor, train: bool = False) -> dict[str, Tensor]:
         """Semantic features ``[R, D]``, slot distributions ``[R, D]`` (with the label volume) and colour ``[R, 3]``
         of rays ``[R, 6]``. LTQA sees every shaded point of the call: call it one chunk at a time."""
-        near, far = self.scene.near_far
-        t, points = sample_along_rays(rays, near, far, self.n_samples, self.generator if train else None)
-        norm = rays[:, 3:].norm(dim=-1, keepdim=True)
-        deltas = torch.cat([t[:, 1:] - t[:, :-1], torch.zeros_like(t[:, :1])], dim=-1) * norm
         with torch.no_grad():                                              # density is frozen in stage 2
-            valid = self.field.occupied(points.reshape(-1, 3)).reshape(t.shape)
-            sigma = torch.zeros_like(t).masked_scatter(valid, self.field.density(points[valid]))
-            weights = compositing_weights(sigma, deltas * self.distance_scale)
+            samples = ray_weights(self.field, rays, self.scene.near_far, self.n_samples, self.distance_scale,
+                                  self.generator if train else None)
+        weights = samples["weights"]
         shaded = weights > self.weight_threshold
-        xyz = points[shaded]
+        xyz = samples["points"][shaded]
         app = self.field.app_features(xyz)
         semantics = self.head(app)
         if self.ltqa is not None:
             semantics = self.ltqa(semantics)
-        viewdirs = (rays[:, 3:] / norm)[:, None].expand_as(points)[shaded]
         out = {"features": composite_packed(weights, semantics, shaded),
-               "rgb": composite_packed(weights, self.field.color(app, viewdirs), shaded)}
+               "rgb": composite_packed(weights, self.field.color(app, samples["viewdirs"][shaded]), shaded)}
         if self.labels is not None:
             out["slots"] = ray_distribution(self.labels(self.field.normalize(xyz)), weights, shaded)
         return out
