@@ -18,6 +18,7 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 from tqdm import tqdm
 
+from laser.data.patches import PatchSampler
 from laser.data.scenes import load_scene
 from laser.errors import CheckpointError
 from laser.language.text import TextEncoder, encode_scene_text
@@ -71,15 +72,23 @@ def fit(stage, run: Run, cfg: DictConfig, identity: dict) -> dict[str, float]:
     return metrics
 
 
-def build_segmentation(cfg: DictConfig, field, device):
-    """Stage 2 on the stage-1 field: the scene at the patch and evaluation resolutions, text, teacher, method."""
+def prepare_segmentation(cfg: DictConfig) -> dict:
+    """What stage 2 needs besides the trained field: the scene at the patch and evaluation resolutions, the text
+    embeddings and the prepared teacher. Built before stage 1, so that missing CLIP weights, a teacher that needs
+    labels/ or crops larger than the images fail at once instead of after the reconstruction."""
     ds = cfg.scene.downsample
     scene = load_scene(cfg.scene, ds.patch)
-    eval_scene = scene if ds.eval == ds.patch else load_scene(cfg.scene, ds.eval)
+    PatchSampler.check(scene, cfg.model.patch_size, cfg.model.patch_num)
     text = encode_scene_text(TextEncoder(instantiate(cfg.clip)), scene.classes)
     teacher = instantiate(cfg.teacher)
-    stage = instantiate(cfg.model, _partial_=True)(scene=scene, eval_scene=eval_scene, field=field, teacher=teacher,
-                                                    text=text, device=device)
+    teacher.prepare(scene, text.embeddings)
+    eval_scene = scene if ds.eval == ds.patch else load_scene(cfg.scene, ds.eval)
+    return {"scene": scene, "eval_scene": eval_scene, "text": text, "teacher": teacher}
+
+
+def build_segmentation(cfg: DictConfig, prepared: dict, field, device):
+    """Stage 2 on the stage-1 field."""
+    stage = instantiate(cfg.model, _partial_=True)(**prepared, field=field, device=device)
     identity = {**stage.identity(), "model_config": OmegaConf.to_container(cfg.model, resolve=True),
                 "teacher_config": OmegaConf.to_container(cfg.teacher, resolve=True)}
     return stage, identity
@@ -99,9 +108,10 @@ def build_reconstruction(cfg: DictConfig, device):
 def main(cfg: DictConfig) -> None:
     run = setup_run(cfg)
     reconstruction, identity = build_reconstruction(cfg, run.device)
+    prepared = prepare_segmentation(cfg) if reconstruction.scene.classes else None
     metrics = fit(reconstruction, run, cfg, identity)
-    if reconstruction.scene.classes:
-        segmentation, identity = build_segmentation(cfg, reconstruction.field, run.device)
+    if prepared is not None:
+        segmentation, identity = build_segmentation(cfg, prepared, reconstruction.field, run.device)
         metrics |= fit(segmentation, run, cfg, identity)
     else:
         print(f"{cfg.scene.name} has no segmentations/classes.txt: stage 2 (segmentation) skipped")

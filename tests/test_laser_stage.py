@@ -27,8 +27,9 @@ def config(root, *extra):
 def run_both(cfg, run_dir):
     run = setup_run(cfg, run_dir)
     reconstruction, identity = train.build_reconstruction(cfg, run.device)
+    prepared = train.prepare_segmentation(cfg)
     train.fit(reconstruction, run, cfg, identity)
-    stage, identity = train.build_segmentation(cfg, reconstruction.field, run.device)
+    stage, identity = train.build_segmentation(cfg, prepared, reconstruction.field, run.device)
     return stage, train.fit(stage, run, cfg, identity)
 
 
@@ -59,10 +60,12 @@ def test_code_exact_ce_trains(tiny_scene, tmp_path):
     assert 0.0 <= metrics["miou"] <= 1.0
 
 
-def test_oracle_on_a_scene_without_labels_is_refused(tiny_scene, tmp_path):
+def test_impossible_stage_2_settings_are_refused_before_stage_1(tiny_scene, tmp_path):
     import shutil
     root = tmp_path / "nolabels"
     shutil.copytree(tiny_scene, root)
     shutil.rmtree(root / "labels")
     with pytest.raises(DataError, match="needs per-pixel labels"):
-        run_both(config(root), tmp_path / "run")
+        train.prepare_segmentation(config(root))
+    with pytest.raises(ValueError, match="do not fit the 64x48 images"):
+        train.prepare_segmentation(config(tiny_scene, "scene.laser.patch_size=64"))

@@ -43,15 +43,7 @@ class PatchSampler:
 
     def __init__(self, scene: Scene, patch_size: int, patch_num: int, token_size: int = 16,
                  views: list[int] | None = None, seed: int = 0):
-        if patch_size <= 0 or token_size <= 0 or patch_size % token_size:
-            raise ValueError(f"crop size {patch_size} px is not a positive multiple of the teacher's token size "
-                             f"{token_size} px: set the crop size (scene.laser.patch_size) to a multiple of {token_size}")
-        if patch_size > scene.height or patch_size > scene.width:
-            raise ValueError(f"crops of {patch_size} px do not fit the {scene.width}x{scene.height} images of scene "
-                             f"'{scene.name}' at its patch resolution: lower the crop size (scene.laser.patch_size) or the "
-                             f"patch downsampling (scene.downsample.patch)")
-        if patch_num <= 0:
-            raise ValueError(f"patch_num must be positive, got {patch_num}")
+        self.check(scene, patch_size, patch_num, token_size)
         self.views = list(scene.train_views if views is None else views)
         if not self.views or not all(0 <= v < scene.num_views for v in self.views):
             raise ValueError(f"views {self.views} must be a non-empty list of view indices of scene '{scene.name}' "
@@ -63,6 +55,20 @@ class PatchSampler:
         # Rays of every sampled view once, so that a crop is a slice (a 3D-OVS view at x5 is a few MB).
         self.view_rays = torch.stack([scene.rays(v).reshape(scene.height, scene.width, 6) for v in self.views])
         self.generator = torch.Generator().manual_seed(seed)
+
+    @staticmethod
+    def check(scene: Scene, patch_size: int, patch_num: int, token_size: int = 16) -> None:
+        """Refuse crop settings that cannot work on ``scene``, with the setting to change; cheap, so a run can call
+        it before training anything."""
+        if patch_size <= 0 or token_size <= 0 or patch_size % token_size:
+            raise ValueError(f"crop size {patch_size} px is not a positive multiple of the teacher's token size "
+                             f"{token_size} px: set the crop size (scene.laser.patch_size) to a multiple of {token_size}")
+        if patch_size > scene.height or patch_size > scene.width:
+            raise ValueError(f"crops of {patch_size} px do not fit the {scene.width}x{scene.height} images of scene "
+                             f"'{scene.name}' at its patch resolution: lower the crop size (scene.laser.patch_size) or the "
+                             f"patch downsampling (scene.downsample.patch)")
+        if patch_num <= 0:
+            raise ValueError(f"patch_num must be positive, got {patch_num}")
 
     @property
     def grid_size(self) -> int:

@@ -53,10 +53,9 @@ class LaserSegmentation:
         self.scene, self.eval_scene = scene, eval_scene
         self.device = torch.device(device)
         self.field = field.to(self.device).requires_grad_(False)
-        self.teacher = teacher.to(self.device)
+        self.teacher = teacher.to(self.device)                            # prepared for ``scene``
         self.text = text.embeddings.to(self.device)                      # T  [C, D]
         self.text_repeated = text.repeated.to(self.device)               # T̃ [C, D]
-        self.teacher.prepare(scene, self.text)
         self.sampler = PatchSampler(scene, patch_size, patch_num, seed=seed)
         self.n_iters, self.chunk, self.n_samples = n_iters, chunk, n_samples
         self.distance_scale, self.weight_threshold = distance_scale, weight_threshold
