@@ -50,8 +50,8 @@ def evaluate_run(run: Path, out: Path, device) -> dict:
     saved = checkpoint.restore_stage(reconstruction, run / "checkpoints" / f"{reconstruction.name}.pt", identity)
     row = {"scene": cfg.scene.name, "step": saved["step"], **reconstruction.evaluate(out / reconstruction.name)}
     if reconstruction.scene.classes and (run / "checkpoints" / f"{LaserSegmentation.name}.pt").is_file():
-        segmentation, identity = train.build_segmentation(cfg, train.prepare_segmentation(cfg), reconstruction.field,
-                                                          device)
+        prepared = train.prepare_segmentation(cfg, reconstruction.scene)
+        segmentation, identity = train.build_segmentation(cfg, prepared, reconstruction.field, device)
         checkpoint.restore_stage(segmentation, run / "checkpoints" / f"{segmentation.name}.pt", identity)
         row.update(segmentation.evaluate(out / segmentation.name))
     return row

@@ -19,6 +19,7 @@ from omegaconf import DictConfig, OmegaConf
 from tqdm import tqdm
 
 from laser.data.patches import PatchSampler
+from laser.data.scene import Scene
 from laser.data.scenes import load_scene
 from laser.errors import CheckpointError
 from laser.language.text import TextEncoder, encode_scene_text
@@ -72,18 +73,26 @@ def fit(stage, run: Run, cfg: DictConfig, identity: dict) -> dict[str, float]:
     return metrics
 
 
-def prepare_segmentation(cfg: DictConfig) -> dict:
+def prepare_segmentation(cfg: DictConfig, loaded: Scene) -> dict:
     """What stage 2 needs besides the trained field: the scene at the patch and evaluation resolutions, the text
     embeddings and the prepared teacher. Built before stage 1, so that missing CLIP weights, a teacher that needs
-    labels/ or crops larger than the images fail at once instead of after the reconstruction."""
+    labels/ or crops larger than the images fail at once instead of after the reconstruction.
+
+    ``loaded`` is the scene stage 1 uses; it is reused wherever a resolution matches instead of read again."""
     ds = cfg.scene.downsample
-    scene = load_scene(cfg.scene, ds.patch)
+    scenes = {ds.reconstruction: loaded}
+
+    def at(downsample: float) -> Scene:
+        if downsample not in scenes:
+            scenes[downsample] = load_scene(cfg.scene, downsample)
+        return scenes[downsample]
+
+    scene = at(ds.patch)
     PatchSampler.check(scene, cfg.model.patch_size, cfg.model.patch_num)
     text = encode_scene_text(TextEncoder(instantiate(cfg.clip)), scene.classes)
     teacher = instantiate(cfg.teacher)
     teacher.prepare(scene, text.embeddings)
-    eval_scene = scene if ds.eval == ds.patch else load_scene(cfg.scene, ds.eval)
-    return {"scene": scene, "eval_scene": eval_scene, "text": text, "teacher": teacher}
+    return {"scene": scene, "eval_scene": at(ds.eval), "text": text, "teacher": teacher}
 
 
 def build_segmentation(cfg: DictConfig, prepared: dict, field, device):
@@ -108,7 +117,7 @@ def build_reconstruction(cfg: DictConfig, device):
 def main(cfg: DictConfig) -> None:
     run = setup_run(cfg)
     reconstruction, identity = build_reconstruction(cfg, run.device)
-    prepared = prepare_segmentation(cfg) if reconstruction.scene.classes else None
+    prepared = prepare_segmentation(cfg, reconstruction.scene) if reconstruction.scene.classes else None
     metrics = fit(reconstruction, run, cfg, identity)
     if prepared is not None:
         segmentation, identity = build_segmentation(cfg, prepared, reconstruction.field, run.device)

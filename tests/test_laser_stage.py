@@ -8,6 +8,7 @@ import torch
 from hydra import compose, initialize_config_dir
 
 import train
+from laser.data.scenes import load_scene
 from laser.errors import DataError
 from laser.training.run import setup_run
 
@@ -27,7 +28,7 @@ def config(root, *extra):
 def run_both(cfg, run_dir):
     run = setup_run(cfg, run_dir)
     reconstruction, identity = train.build_reconstruction(cfg, run.device)
-    prepared = train.prepare_segmentation(cfg)
+    prepared = train.prepare_segmentation(cfg, reconstruction.scene)
     train.fit(reconstruction, run, cfg, identity)
     stage, identity = train.build_segmentation(cfg, prepared, reconstruction.field, run.device)
     return stage, train.fit(stage, run, cfg, identity)
@@ -65,7 +66,9 @@ def test_impossible_stage_2_settings_are_refused_before_stage_1(tiny_scene, tmp_
     root = tmp_path / "nolabels"
     shutil.copytree(tiny_scene, root)
     shutil.rmtree(root / "labels")
+    cfg = config(root)
     with pytest.raises(DataError, match="needs per-pixel labels"):
-        train.prepare_segmentation(config(root))
+        train.prepare_segmentation(cfg, load_scene(cfg.scene, cfg.scene.downsample.reconstruction))
+    cfg = config(tiny_scene, "scene.laser.patch_size=64")
     with pytest.raises(ValueError, match="do not fit the 64x48 images"):
-        train.prepare_segmentation(config(tiny_scene, "scene.laser.patch_size=64"))
+        train.prepare_segmentation(cfg, load_scene(cfg.scene, cfg.scene.downsample.reconstruction))

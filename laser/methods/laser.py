@@ -61,9 +61,10 @@ class LaserSegmentation:
         self.distance_scale, self.weight_threshold = distance_scale, weight_threshold
         self.joint_start_iter, self.cross_start_iter = joint_start_iter, cross_start_iter
         self.temperature, self.ce_mode = temperature, ce_mode
-        self.weights = {"self": self_weight if use_adapter else 0.0, "rel": relevancy_weight if use_label_volume else 0.0,
-                        "aug": aug_weight if use_adapter and use_text_augmentation else 0.0}
-        self.use_adapter, self.use_self_cross = use_adapter, use_self_cross
+        # A loss term exists only when its module does, so switched-off components need no zero weight here.
+        self.loss_weights = {"rgb_mse": 1.0, "feature": 1.0, "self_feature": self_weight, "relevancy": relevancy_weight,
+                             "aug": aug_weight}
+        self.use_self_cross, self.use_text_augmentation = use_self_cross, use_text_augmentation
         self.adapter_at_inference = adapter_at_inference
         self.lrs = {"lr": lr, "label_grid": lr_label_grid, "app_grid": lr_app_grid, "app_network": lr_app_network}
         self.lr_factor = lr_decay_ratio ** (1.0 / n_iters)
@@ -120,16 +121,14 @@ class LaserSegmentation:
                 losses["self_feature"] = self_cross_loss(c0, c1, f0, f1)
             else:
                 losses["self_feature"] = self_cross_loss(c0, c1)
-            if self.weights["aug"]:
+            if self.use_text_augmentation and self.loss_weights["aug"]:
                 losses["aug"] = text_augmentation_loss(c1, c0, self.text, self.text_repeated)
         losses["feature"] = distillation_loss(c1, f_hat)
         if self.labels is not None:
             targets, targets_t = label_targets(out["slots"], self.text)
             losses["relevancy"] = label_ce_loss(ce_students(f_hat, c1), self.text, targets, targets_t,
                                                 self.temperature, self.ce_mode, sample.grid)
-        weight = {"rgb_mse": 1.0, "feature": 1.0, "self_feature": self.weights["self"],
-                  "relevancy": self.weights["rel"], "aug": self.weights["aug"]}
-        loss = sum(weight[k] * v for k, v in losses.items())
+        loss = sum(self.loss_weights[k] * v for k, v in losses.items())
 
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
