@@ -2,6 +2,7 @@
 
     python eval.py run=runs/synthetic                  # one run folder
     python eval.py run=multirun/2026-11-21_10-00-00    # a sweep: one row per job
+    python eval.py run=multirun/... render=false       # tabulate the metrics the jobs recorded, render nothing
 
 Each run is rebuilt from the config Hydra saved beside it (``.hydra/config.yaml``) and its checkpoints: the test
 views are re-rendered (PSNR, SSIM) and, where stage 2 was trained, the annotated views are segmented (3D-OVS mIoU
@@ -11,16 +12,17 @@ sweep, ``<out>/miou_by_scene.*`` has one row per configuration and one column pe
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import laser  # noqa: F401  (makes torchvision importable on CPU torch before anything imports it)
 import hydra
+from hydra.utils import get_class
 from omegaconf import DictConfig, OmegaConf
 
 import train
 from laser.errors import CheckpointError
 from laser.evaluation.tables import pivot, write_tables
-from laser.methods.laser import LaserSegmentation
 from laser.training import checkpoint
 from laser.training.run import resolve_device
 
@@ -36,24 +38,46 @@ def find_runs(folder: Path) -> list[Path]:
     return runs
 
 
-def run_label(run: Path, root: Path) -> str:
-    overrides = run / ".hydra" / "overrides.yaml"
-    if run != root and overrides.is_file():
-        return ",".join(OmegaConf.load(overrides)) or run.name
-    return run.name
+def run_labels(runs: list[Path], root: Path) -> dict[Path, str]:
+    """Each run's name in the tables: for a sweep, the overrides that differ between its jobs ("+" dropped)."""
+    overrides = {}
+    for run in runs:
+        path = run / ".hydra" / "overrides.yaml"
+        overrides[run] = [o.lstrip("+") for o in OmegaConf.load(path)] if run != root and path.is_file() else []
+    shared = set.intersection(*(set(o) for o in overrides.values())) if len(runs) > 1 else set()
+    return {run: ",".join(o for o in overrides[run] if o not in shared) or run.name for run in runs}
 
 
 def evaluate_run(run: Path, out: Path, device) -> dict:
-    """Rebuild a run's stages from its saved config and checkpoints and evaluate each one that was trained."""
+    """Rebuild a run's stages from its saved config and checkpoints and evaluate each one that was trained; the
+    training cost recorded in each checkpoint joins the row."""
     cfg = OmegaConf.load(run / ".hydra" / "config.yaml")
     reconstruction, identity = train.build_reconstruction(cfg, device)
     saved = checkpoint.restore_stage(reconstruction, run / "checkpoints" / f"{reconstruction.name}.pt", identity)
-    row = {"scene": cfg.scene.name, "step": saved["step"], **reconstruction.evaluate(out / reconstruction.name)}
-    if reconstruction.scene.classes and (run / "checkpoints" / f"{LaserSegmentation.name}.pt").is_file():
+    row = {"scene": cfg.scene.name, "step": saved["step"], **reconstruction.evaluate(out / reconstruction.name),
+           **train.cost_columns("stage1", saved["cost"])}
+    path = run / "checkpoints" / f"{get_class(cfg.model._target_).name}.pt"
+    if reconstruction.scene.classes and path.is_file():
         prepared = train.prepare_segmentation(cfg, reconstruction.scene)
         segmentation, identity = train.build_segmentation(cfg, prepared, reconstruction.field, device)
-        checkpoint.restore_stage(segmentation, run / "checkpoints" / f"{segmentation.name}.pt", identity)
-        row.update(segmentation.evaluate(out / segmentation.name))
+        saved = checkpoint.restore_stage(segmentation, path, identity)
+        row.update({"method": segmentation.name, **segmentation.evaluate(out / segmentation.name),
+                    **train.cost_columns("stage2", saved["cost"])})
+    return row
+
+
+def recorded_run(run: Path) -> dict:
+    """The row of a run from the metrics its stages recorded at the end of training (no rendering)."""
+    cfg = OmegaConf.load(run / ".hydra" / "config.yaml")
+    row = {"scene": cfg.scene.name}
+    method = get_class(cfg.model._target_).name
+    for stage in ("reconstruction", method):
+        path = run / stage / "test" / "metrics.json"
+        if path.is_file():
+            row.update({"method": method} if stage == method else {})
+            row.update(json.loads(path.read_text())["metrics"])
+    if len(row) == 1:
+        raise CheckpointError(run, "no recorded metrics (reconstruction/test/metrics.json); evaluate with render=true")
     return row
 
 
@@ -67,9 +91,9 @@ def main(cfg: DictConfig) -> None:
     root, out = Path(cfg.run), Path(cfg.out)
     device = resolve_device(cfg.device)
     rows = []
-    for run in find_runs(root):
-        label = run_label(run, root)
-        rows.append({"run": label, **evaluate_run(run, out / label.replace("/", "_"), device)})
+    for run, label in run_labels(find_runs(root), root).items():
+        row = evaluate_run(run, out / label.replace("/", "_"), device) if cfg.render else recorded_run(run)
+        rows.append({"run": label, **row})
     print(write_tables(rows, out), end="")
     if len(rows) > 1 and "miou" in rows[0]:
         table = pivot([{**r, "configuration": configuration(r["run"])} for r in rows], "configuration", "scene", "miou")

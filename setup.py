@@ -11,6 +11,7 @@ setup(
         "torch==2.13.0",
         "torchvision==0.28.0",
         "open_clip_torch>=3.0",
+        "timm>=1.0",              # DINO ViTs (also an open_clip dependency)
         "hydra-core>=1.3",
         "omegaconf>=2.3",
         "wandb>=0.17",

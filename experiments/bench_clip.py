@@ -25,6 +25,7 @@ sys.path.insert(0, ROOT)  # run from a checkout without installing the package
 import laser  # noqa: E402,F401  (before open_clip)
 import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
+from hydra import compose, initialize_config_dir  # noqa: E402
 from hydra.utils import instantiate  # noqa: E402
 from omegaconf import OmegaConf  # noqa: E402
 
@@ -33,7 +34,6 @@ from laser.data.synthetic import ensure_scene  # noqa: E402
 from laser.evaluation.metrics import segmentation_metrics  # noqa: E402
 from laser.language.clip_model import load_clip  # noqa: E402
 from laser.language.dense_clip import DenseClip  # noqa: E402
-from laser.language.teachers.oracle import OracleTeacher  # noqa: E402
 from laser.language.text import TextEncoder  # noqa: E402
 
 
@@ -66,11 +66,13 @@ def oracle_miou(scene_dir: str, seeds: int) -> None:
     scene = load_llff_scene(ensure_scene(scene_dir))
     clip = instantiate(OmegaConf.load(os.path.join(ROOT, "conf", "clip", "tiny.yaml")))
     text = TextEncoder(clip)(scene.classes)
-    defaults = OmegaConf.to_container(OmegaConf.load(os.path.join(ROOT, "conf", "teacher", "oracle.yaml")))
+    with initialize_config_dir(config_dir=os.path.join(ROOT, "conf"), version_base=None):
+        teacher_cfg = compose("train", overrides=["scene=synthetic", "model=laser"]).teacher   # dense oracle
+    defaults = OmegaConf.to_container(teacher_cfg, resolve=True)
     defaults.pop("_target_")
     values = []
     for seed in range(seeds):
-        teacher = OracleTeacher(**{**defaults, "seed": seed})
+        teacher = instantiate(teacher_cfg, seed=seed)
         teacher.prepare(scene, text)
         scores = []
         for view in scene.annotated_views:

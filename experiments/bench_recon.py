@@ -49,7 +49,7 @@ def run_one(scene: str, overrides: list[str]) -> dict:
             train_time["s"] = time.perf_counter() - start - setup
             return step_fn(out_dir)
         stage.evaluate = timed_evaluate
-        metrics = train.fit(stage, run, cfg, identity)
+        metrics = train.fit(stage, run, cfg, identity, "stage1")
         total = time.perf_counter() - start
     peak = (torch.cuda.max_memory_allocated() / 2**20 if torch.cuda.is_available()
             else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)

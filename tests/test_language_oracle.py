@@ -1,5 +1,6 @@
 """The oracle teacher (a test harness): degradation shapes, exactness without degradation, consistent confusion."""
 
+import pytest
 import torch
 
 from laser.data.scene import Scene
@@ -103,3 +104,61 @@ def test_noise_has_the_configured_norm():
     tokens = teacher.full_image(1)
     noise = tokens - degrade(teacher.class_maps[1:2], text(), blur_sigma=0.0)[0]
     assert abs(noise.norm(dim=-1).mean().item() - 2.0) < 0.1
+
+
+def test_pyramid_crop_embedding_is_the_class_share_mix():
+    scene, t = make_scene(block_labels(views=2)), text(dim=32)
+    teacher = OracleTeacher(form="ovs3d", object_share=0.0, view_share=0.0, noise_std=0.0)
+    teacher.prepare(scene, t)
+    # Rows 56..79 x cols 72..87: 8 rows above the class 0/1 | 2/3 border at 64, 16 below; 8 columns each side of 80.
+    # The bottom 8 rows of view 0 are unlabelled: they dilute the crop (a zero embedding), 128 of its 256 pixels.
+    expected = torch.stack([(t[0] + t[1]) / 6 + (t[2] + t[3]) / 3, t[2] / 2])
+    embed = teacher.crop_embedder(scene, 0)
+    torch.testing.assert_close(embed([(56, 72, 80, 88), (112, 0, 128, 16)]), expected)
+    # With a downsampled pyramid a box is in pyramid pixels: (28, 36, 40, 44) is the first box above at x2.
+    half = OracleTeacher(form="ovs3d", object_share=0.0, view_share=0.0, noise_std=0.0, image_downsample=2)
+    half.prepare(scene, t)
+    torch.testing.assert_close(half.crop_embedder(scene, 0)([(28, 36, 40, 44)]), expected[:1])
+    assert half.maps(0).shape == (3, 32, 64, 80)
+    # Every crop covering the top-left pixel lies inside class 0 at every scale.
+    torch.testing.assert_close(teacher.maps(1)[:, :, 0, 0], t[0].expand(3, 32))
+    batch = PatchBatch(images=torch.rand(1, 32, 32, 3), views=torch.tensor([1]), top_left=torch.tensor([[0, 0]]))
+    assert teacher(batch).shape == (1, 2, 2, 32)
+
+
+def test_pyramid_crops_use_the_confused_maps_and_are_noisy():
+    scene, t = make_scene(block_labels(views=2)), text(dim=32)
+    confused = OracleTeacher(form="ovs3d", object_share=1.0, object_view_prob=1.0, noise_std=0.0)
+    confused.prepare(scene, t)
+    torch.testing.assert_close(confused.maps(1)[:, :, 0, 0], t[most_similar_other(t)[0]].expand(3, 32))
+    noisy = OracleTeacher(form="ovs3d", object_share=0.0, view_share=0.0, noise_std=2.0)
+    noisy.prepare(scene, t)
+    noise = noisy.crop_embedder(scene, 1)([(0, 0, 32, 32)] * 200) - t[0]
+    assert abs(noise.norm(dim=-1).mean().item() - 2.0) < 0.1
+    assert not torch.allclose(noise[0], noise[1])                       # fresh noise per crop
+
+
+def test_lerf_query_on_the_oracle_interpolates_class_mixes():
+    teacher = OracleTeacher(form="lerf", object_share=0.0, view_share=0.0, noise_std=0.0, num_layers=2,
+                            scale_min=0.125, scale_max=0.25, overlap=0.5)
+    t = text(dim=32)
+    teacher.prepare(make_scene(block_labels(views=2)), t)
+    # Pixel (4, 76), scale midway. Layer 0 (16-px crops every 8 px): columns 72 (pure class 0) and 80 (half 0,
+    # half 1) at weight 1/2 -> 3/4 t0 + 1/4 t1. Layer 1 (32-px crops every 16 px): columns 64 (pure 0) and 80
+    # (half/half) at weight 3/4 -> 5/8 t0 + 3/8 t1. Rows stay in classes 0/1. Midway: 11/16 t0 + 5/16 t1.
+    value = teacher.query(1, torch.tensor([[4.0, 76.0]]), torch.tensor([0.1875]))
+    torch.testing.assert_close(value, (11 * t[0] + 5 * t[1])[None] / 16)
+
+
+def test_forms_are_validated():
+    with pytest.raises(ValueError, match="form must be one of"):
+        OracleTeacher(form="pyramid")
+    teacher = OracleTeacher(form="dense")
+    teacher.prepare(make_scene(block_labels(views=2)), text(dim=32))
+    assert teacher.pyramids == []                                     # the dense form builds no pyramid
+    with pytest.raises(ValueError, match="needs form=ovs3d"):
+        teacher.maps(0)
+    with pytest.raises(ValueError, match="needs form=lerf"):
+        OracleTeacher(form="ovs3d").query(0, torch.zeros(1, 2), torch.zeros(1))
+    with pytest.raises(ValueError, match="positive integer"):
+        OracleTeacher(form="ovs3d", image_downsample=1.5)

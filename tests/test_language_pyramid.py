@@ -8,14 +8,9 @@ from hydra.utils import instantiate
 from omegaconf import OmegaConf
 
 from laser.language.teachers.base import PatchBatch
-from laser.language.teachers.pyramid_clip import (
-    LerfLayer,
-    PyramidClipTeacher,
-    bilinear_layer,
-    lerf_layer_geometry,
-    ovs3d_boxes,
-    query_layers,
-)
+from laser.language.teachers.pyramid import (LerfLayer, bilinear_layer, lerf_layer_geometry, ovs3d_boxes, paint,
+                                            query_layers)
+from laser.language.teachers.pyramid_clip import PyramidClipTeacher
 from test_language_oracle import make_scene
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -46,6 +41,17 @@ def test_ovs3d_jitter_enlarges_within_a_quarter_and_clips():
         assert top2 >= 0 and left2 >= 0 and bottom2 <= 60 and right2 <= 80
 
 
+def test_paint_averages_the_covering_crops():
+    generator = torch.Generator().manual_seed(0)
+    boxes = ovs3d_boxes(30, 41, 3, 0.25, 0.25, generator)
+    embeddings = torch.randn(len(boxes), 5, generator=generator)
+    total, count = torch.zeros(5, 30, 41), torch.zeros(30, 41)
+    for (top, left, bottom, right), embedding in zip(boxes, embeddings):
+        total[:, top:bottom, left:right] += embedding[:, None, None]
+        count[top:bottom, left:right] += 1
+    torch.testing.assert_close(paint(boxes, embeddings, 30, 41), total / count)
+
+
 def test_lerf_layer_geometry():
     assert lerf_layer_geometry(100, 150, 0.2, 0.5) == (20, 10.0, 11, 16)
 
@@ -67,7 +73,7 @@ def test_pyramid_teacher_forms(clip):
     scene = make_scene(torch.zeros(1, 32, 48, dtype=torch.long))
     ovs = PyramidClipTeacher(clip, form="ovs3d", divisors=(2, 3, 4), stride_fraction=0.5, batch_size=256)
     ovs.prepare(scene, torch.zeros(4, 512))
-    assert ovs.maps(0).shape == (3, 512, 32, 48)
+    assert ovs.maps(0).shape == (3, 512, 32, 48) and ovs.stored_bytes() == 3 * 512 * 32 * 48 * 4
     batch = PatchBatch(images=torch.rand(1, 16, 16, 3), views=torch.tensor([0]), top_left=torch.tensor([[16, 16]]))
     expected = ovs.maps(0)[:, :, 16:32, 16:32].mean(dim=(0, 2, 3))
     torch.testing.assert_close(ovs(batch)[0, 0, 0], expected)
@@ -78,5 +84,8 @@ def test_pyramid_teacher_forms(clip):
     assert lerf.query(0, torch.tensor([[10.0, 20.0], [31.0, 47.0]]), torch.tensor([0.3, 0.6])).shape == (2, 512)
     # A 16-px crop of a 32-px-high image has scale 0.5: its token centre (24, 24) is crop (3, 3) of layer 2.
     torch.testing.assert_close(lerf(batch)[0, 0, 0], lerf.pyramids[0][1].embeddings[3, 3])
+    assert lerf.stored_bytes() == (9 * 13 + 5 * 7 + 4 * 5) * 512 * 4
     with pytest.raises(ValueError):
         lerf.maps(0)
+    with pytest.raises(ValueError, match="form must be one of"):
+        PyramidClipTeacher(clip, form="dense")               # CLIP pyramids have no token-grid form

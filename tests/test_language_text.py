@@ -8,7 +8,7 @@ import torch
 from hydra.utils import instantiate
 from omegaconf import OmegaConf
 
-from laser.language.text import TextEncoder, encode_scene_text
+from laser.language.text import CANONICAL_PHRASES, TextEncoder, encode_scene_text
 from laser.language.text_augmentation import minmax_standardize, relevancy_targets, repeat_prompts
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -57,11 +57,14 @@ def test_text_embeddings_are_unit_and_computed_once(clip):
     torch.testing.assert_close(first.norm(dim=-1), torch.ones(2))
 
 
-def test_scene_text_holds_plain_and_repeated_prompts(clip):
+def test_scene_text_holds_plain_repeated_and_canonical_prompts(clip):
     encoder = TextEncoder(clip)
     text = encode_scene_text(encoder, ["lemon", "red apple"])
     torch.testing.assert_close(text.repeated, encoder(["lemon lemon", "red apple red apple"]))
     assert not torch.allclose(text.embeddings, text.repeated)
+    assert text.canonical.shape == (4, 512)
+    torch.testing.assert_close(text.canonical, encoder(["object", "things", "stuff", "texture"]))
+    assert CANONICAL_PHRASES == ("object", "things", "stuff", "texture")
 
 
 def test_long_prompt_is_truncated_with_a_warning(clip):

@@ -29,9 +29,9 @@ def run_both(cfg, run_dir):
     run = setup_run(cfg, run_dir)
     reconstruction, identity = train.build_reconstruction(cfg, run.device)
     prepared = train.prepare_segmentation(cfg, reconstruction.scene)
-    train.fit(reconstruction, run, cfg, identity)
+    train.fit(reconstruction, run, cfg, identity, "stage1")
     stage, identity = train.build_segmentation(cfg, prepared, reconstruction.field, run.device)
-    return stage, train.fit(stage, run, cfg, identity)
+    return stage, train.fit(stage, run, cfg, identity, "stage2")
 
 
 def test_laser_stage_trains_evaluates_and_is_reused(tiny_scene, tmp_path):

@@ -2,8 +2,8 @@ import numpy as np
 import pytest
 import torch
 
-from laser.data.rays import (average_pose, camera_rays, llff_to_opengl, ndc_rays, pixel_directions,
-                             recenter_poses)
+from laser.data.rays import (average_pose, camera_rays, llff_to_opengl, ndc_rays, ndc_to_world,
+                             pixel_directions, recenter_poses)
 
 
 def test_pixel_directions_hand_computed():
@@ -42,6 +42,21 @@ def test_ndc_maps_world_points_onto_the_ndc_ray():
         t = (projected[:, 2] - o_ndc[:, 2]) / d_ndc[:, 2]
         assert ((t >= 0) & (t < 1)).all()
         torch.testing.assert_close(o_ndc + t[:, None] * d_ndc, projected, atol=1e-5, rtol=1e-5)
+
+
+def test_ndc_to_world_inverts_the_ndc_ray_points():
+    """Points along NDC rays map back onto the world rays they came from, at the right depth."""
+    h, w, f = 30, 40, 35.0
+    origins = torch.tensor([[0.0, 0.0, 0.0], [0.1, -0.2, 0.05]])
+    dirs = torch.tensor([[0.0, 0.0, -1.0], [0.3, 0.1, -1.0]])
+    o_ndc, d_ndc = ndc_rays(origins, dirs, h, w, f)
+    # NDC t = 0.5 on the central ray: z_ndc = 0, so the world depth is 2 near / (0 - 1) = -2 (hand-computed).
+    torch.testing.assert_close(ndc_to_world(o_ndc[:1] + 0.5 * d_ndc[:1], h, w, f), torch.tensor([[0.0, 0.0, -2.0]]))
+    for t in (0.0, 0.3, 0.9):
+        world = ndc_to_world(o_ndc + t * d_ndc, h, w, f)
+        along = (world - origins) / dirs                        # the same ray parameter on every axis
+        torch.testing.assert_close(along[1], along[1, 2].expand(3), atol=1e-4, rtol=1e-4)
+        torch.testing.assert_close(world[:, 2], torch.full((2,), -1.0 / (1.0 - t)), atol=1e-4, rtol=1e-4)
 
 
 def test_llff_axes_and_recentering():

@@ -39,7 +39,7 @@ def run_stage(cfg, run_dir: Path, interrupt_at: int | None = None):
                 raise KeyboardInterrupt
             return step_fn(step)
         stage.train_step = train_step
-    metrics = train.fit(stage, run, cfg, identity)
+    metrics = train.fit(stage, run, cfg, identity, "stage1")
     return stage, metrics
 
 
@@ -87,9 +87,11 @@ def test_train_py_end_to_end(tiny_scene, tmp_path):
     scene = tmp_path / "scene"
     shutil.copytree(tiny_scene, scene)
     run_dir = tmp_path / "run"
-    out = subprocess.run([sys.executable, "train.py", f"scene.root={scene}", *TINY, f"hydra.run.dir={run_dir}"],
+    store = f"stage_store={tmp_path / 'stages'}"
+    out = subprocess.run([sys.executable, "train.py", f"scene.root={scene}", *TINY, store, f"hydra.run.dir={run_dir}"],
                          cwd=REPO, capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stderr[-3000:]
+    assert "reusing" not in out.stdout
     result = json.loads(out.stdout.strip().splitlines()[-1])
     assert result["test_psnr"] > 5 and 0 < result["test_ssim"] <= 1
     assert 0 <= result["miou"] <= 1                        # stage 2 followed stage 1
@@ -105,6 +107,14 @@ def test_train_py_end_to_end(tiny_scene, tmp_path):
     assert table[0]["miou"] == pytest.approx(result["miou"], abs=1e-6)        # stage 2 rebuilt and re-rendered
     assert list((tmp_path / "eval").glob("*/laser/relevancy/*.png"))
     assert (tmp_path / "eval/results.md").read_text().startswith("| run | scene | step | test_psnr")
+
+    # Another stage-2 configuration on the same scene takes the published stage 1 instead of training it.
+    out = subprocess.run([sys.executable, "train.py", f"scene.root={scene}", *TINY, store, "model.use_ltqa=false",
+                          f"hydra.run.dir={tmp_path / 'run2'}"], cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert "stage 1: reusing" in out.stdout and "reconstruction:" not in out.stderr   # no stage-1 progress bar
+    second = json.loads(out.stdout.strip().splitlines()[-1])
+    assert second["test_psnr"] == result["test_psnr"]
 
 
 def test_eval_py_without_a_trained_run(tmp_path):

@@ -52,6 +52,21 @@ def ndc_rays(rays_o: Tensor, rays_d: Tensor, height: int, width: int, focal: flo
     return origins, directions
 
 
+def ndc_to_world(points: Tensor, height: int, width: int, focal: float, near: float = 1.0,
+                 max_ndc_depth: float = 1.0 - 1e-6) -> Tensor:
+    """Inverse of the NDC projection of :func:`ndc_rays`: NDC points ``[..., 3]`` -> world points ``[..., 3]``.
+
+    ``z = 2 near / (z_ndc - 1)``, ``x = -x_ndc z W / (2 f)``, ``y = -y_ndc z H / (2 f)``. ``z_ndc = 1`` is
+    infinitely far (and beyond it the warp wraps behind the camera), so NDC depths are clamped to
+    ``max_ndc_depth``: such points come back very far away rather than infinite. Only the ratios ``f / W`` and
+    ``f / H`` enter, so the mapping is the same at every downsampling of a scene.
+    """
+    x, y, z = points.unbind(-1)
+    depth = 2.0 * near / (z.clamp(max=max_ndc_depth) - 1.0)
+    return torch.stack([-x * depth * width / (2.0 * focal), -y * depth * height / (2.0 * focal), depth],
+                       dim=-1)
+
+
 def llff_to_opengl(poses: np.ndarray) -> np.ndarray:
     """LLFF ``[N, 3, >=4]`` (down, right, back, centre) columns to OpenGL (right, up, back, centre): ``[N, 3, 4]``."""
     return np.concatenate([poses[:, :, 1:2], -poses[:, :, 0:1], poses[:, :, 2:4]], axis=-1)

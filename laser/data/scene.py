@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import Tensor
 
-from laser.data.rays import camera_rays, ndc_rays, pixel_directions
+from laser.data.rays import camera_rays, ndc_rays, ndc_to_world, pixel_directions
 
 
 @dataclass
@@ -56,6 +56,13 @@ class Scene:
         if self.ndc:
             rays_o, rays_d = ndc_rays(rays_o, rays_d, self.height, self.width, self.fx, near=1.0)
         return torch.cat([rays_o, rays_d], dim=-1).reshape(-1, 6)
+
+    def world_points(self, points: Tensor) -> Tensor:
+        """Points ``[..., 3]`` of the space rays live in -> world coordinates (the frame of ``c2w``): the NDC
+        warp of :meth:`rays` is undone for forward-facing scenes."""
+        if not self.ndc:
+            return points
+        return ndc_to_world(points, self.height, self.width, self.fx, near=1.0)
 
     def all_rays(self, views: list[int]) -> tuple[Tensor, Tensor]:
         """Rays ``[V*H*W, 6]`` and colours ``[V*H*W, 3]`` of the given views."""

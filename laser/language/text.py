@@ -2,6 +2,7 @@
 
 The prompts are the raw ``classes.txt`` lines in sorted order, as the scene loader gives them in ``Scene.classes``.
 Each distinct prompt list is encoded once and reused (a scene's T and T̃ are asked for at every step).
+LERF's relevancy (LASER.md §14.6) also needs its canonical phrases, encoded with the scene's prompts.
 """
 
 from __future__ import annotations
@@ -16,6 +17,8 @@ from torch import Tensor
 
 from laser.language.clip_model import ClipModel
 from laser.language.text_augmentation import repeat_prompts
+
+CANONICAL_PHRASES = ("object", "things", "stuff", "texture")   # LERF's negatives of every relevancy query
 
 
 class TextEncoder:
@@ -59,12 +62,14 @@ class SceneText:
     classes: list[str]
     embeddings: Tensor  # [C, D] T: the class prompts, L2-normalised
     repeated: Tensor    # [C, D] T̃: the repeated prompts "p p" (§8), L2-normalised
+    canonical: Tensor   # [4, D] LERF's canonical phrases (CANONICAL_PHRASES), L2-normalised
 
 
 def encode_scene_text(encoder: TextEncoder, classes: Sequence[str], repeats: int = 2) -> SceneText:
-    """T and T̃ of a scene's class prompts (sorted, as in ``Scene.classes``)."""
+    """T and T̃ of a scene's class prompts (sorted, as in ``Scene.classes``), and the canonical phrases."""
     return SceneText(
         classes=list(classes),
         embeddings=encoder(classes),
         repeated=encoder(repeat_prompts(classes, repeats)),
+        canonical=encoder(CANONICAL_PHRASES),
     )

@@ -1,1 +1,2 @@
-"""Laser's stage-2 paper modules, one concept per file: semantic head, LTQA, adapter, label volume."""
+"""Stage-2 paper modules, one concept per file: semantic head, LTQA, adapter, label volume (Laser); relevancy maps
+and Jensen-Shannon divergence, DINO correlation loss (3D-OVS)."""

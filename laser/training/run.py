@@ -24,6 +24,10 @@ class Run:
     def checkpoint_path(self, stage: str) -> Path:
         return self.dir / "checkpoints" / f"{stage}.pt"
 
+    def test_outputs(self, stage: str) -> Path:
+        """The final evaluation of a stage: ``metrics.json`` and its pictures."""
+        return self.dir / stage / "test"
+
 
 def seed_everything(seed: int) -> None:
     random.seed(seed)

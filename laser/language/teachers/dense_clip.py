@@ -87,6 +87,9 @@ class DenseClipTeacher(Teacher):
                for v, (r, c) in zip(batch.views.tolist(), batch.top_left.tolist())]
         return torch.stack(out).to(batch.images.device)
 
+    def stored_bytes(self) -> int:
+        return 0 if self.cached is None else int(self.cached.nbytes)
+
     def _from_cache(self, view: int, row: int, col: int, size: int) -> Tensor:
         """Bilinear read of a crop's token centres from the cached grid: ``[P/16, P/16, D]`` fp32.
 

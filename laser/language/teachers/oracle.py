@@ -15,7 +15,13 @@ embeddings, degraded the way dense CLIP is degraded:
    neighbours; interior tokens of a region are unchanged by it.
 4. **Noise**: Gaussian with norm about ``noise_std`` (``noise_std / sqrt(D)`` per component) on the unit embedding.
 
-Outputs are NOT normalised, like dense CLIP's (a pure token before noise has norm 1; mixed tokens are shorter).
+That is the ``dense`` form (Laser's token grids). The ``ovs3d`` and ``lerf`` forms imitate the crop pyramids of
+global CLIP embeddings instead, with the crop geometry of :class:`~laser.language.teachers.pyramid.PyramidTeacher`:
+a crop's embedding is the class text embeddings mixed by the shares of the crop's pixels of each class in the
+confused class map (:func:`crop_class_shares`), plus the same noise; no patch averaging or blur (a global embedding
+has no patches). The pyramids, noise included, are drawn once in ``prepare``.
+
+Outputs are NOT normalised, like CLIP's (a pure token or crop before noise has norm 1; mixed ones are shorter).
 Unlabelled pixels (-1) contribute a zero embedding.
 
 The defaults are set so that its own 2D argmax mIoU on the default synthetic scene, with the tiny CLIP's text
@@ -32,7 +38,8 @@ from torch import Tensor
 
 from laser.data.scene import Scene
 from laser.errors import DataError
-from laser.language.teachers.base import PatchBatch, Teacher
+from laser.language.teachers.base import PatchBatch
+from laser.language.teachers.pyramid import FORMS, Box, CropEmbedder, PyramidTeacher
 
 
 def most_similar_other(text_embeddings: Tensor) -> Tensor:
@@ -117,13 +124,13 @@ def degrade(
         patch_size: token size in pixels (16 for ViT-B/16).
         blur_sigma: Gaussian sigma on the token grid, in tokens; 0 disables the blur.
         noise_std: expected norm of the Gaussian noise added to each token; 0 disables it.
-        generator: random generator for the noise (on ``class_map``'s device).
+        generator: random generator for the noise (:func:`add_noise`).
 
     Returns:
         ``[B, ceil(H/p), ceil(W/p), D]`` float, not normalised.
     """
     batch, height, width = class_map.shape
-    classes, dim = text_embeddings.shape
+    classes = text_embeddings.shape[0]
     rows, cols = math.ceil(height / patch_size), math.ceil(width / patch_size)
     padded = F.pad(class_map, (0, cols * patch_size - width, 0, rows * patch_size - height), value=-1)
     # Class fractions per token (C is small), not per-pixel D-dim embeddings: [B, C, h, w].
@@ -132,21 +139,62 @@ def degrade(
     if blur_sigma > 0:
         fractions = _gaussian_blur(fractions, blur_sigma)
     tokens = torch.einsum("bchw,cd->bhwd", fractions, text_embeddings.to(fractions))
-    if noise_std > 0:
-        noise = torch.randn(tokens.shape, generator=generator, device=tokens.device, dtype=tokens.dtype)
-        tokens = tokens + noise * (noise_std / math.sqrt(dim))
-    return tokens
+    return add_noise(tokens, noise_std, generator)
 
 
-class OracleTeacher(Teacher):
+def add_noise(embeddings: Tensor, noise_std: float, generator: torch.Generator | None = None) -> Tensor:
+    """``embeddings`` ``[..., D]`` plus Gaussian noise of expected norm about ``noise_std`` (0: unchanged).
+
+    The noise is drawn on the generator's device (a CPU generator also serves embeddings on the GPU)."""
+    if noise_std <= 0:
+        return embeddings
+    device = generator.device if generator is not None else embeddings.device
+    noise = torch.randn(embeddings.shape, generator=generator, device=device, dtype=embeddings.dtype)
+    return embeddings + noise.to(embeddings.device) * (noise_std / math.sqrt(embeddings.shape[-1]))
+
+
+def crop_class_shares(class_map: Tensor, num_classes: int, boxes: list[Box], scale: int = 1) -> Tensor:
+    """Share of each class among the pixels of each crop: ``[n, C]``; unlabelled pixels (-1) count in the area only.
+
+    Args:
+        class_map: ``[H, W]`` long class indices, -1 unlabelled.
+        num_classes: C.
+        boxes: ``(top, left, bottom, right)`` crops in pixels of ``class_map`` downsampled ``scale`` times (the
+            pyramid's pixels); a box covers ``scale x scale`` class-map pixels per pyramid pixel.
+        scale: integer downsampling of the boxes' pixels relative to ``class_map``.
+    """
+    one_hot = (class_map[None] == torch.arange(num_classes, device=class_map.device)[:, None, None]).float()
+    # Summed-area table: any box's class counts in four lookups (exact in fp32 up to 2^24 pixels).
+    integral = F.pad(one_hot.cumsum(1).cumsum(2), (1, 0, 1, 0))                      # [C, H+1, W+1]
+    top, left, bottom, right = (torch.tensor(boxes, device=class_map.device) * scale).unbind(dim=1)
+    counts = integral[:, bottom, right] - integral[:, top, right] - integral[:, bottom, left] + integral[:, top, left]
+    return (counts / ((bottom - top) * (right - left)).float()).T
+
+
+class OracleTeacher(PyramidTeacher):
     """Degraded ground-truth features: a test harness for scenes with ``labels`` (no CLIP weights needed).
 
-    See the module docstring for the degradation. ``prepare`` draws the per-scene and per-view confusion once;
-    each call then crops the confused class maps and degrades them with fresh noise.
+    See the module docstring for the degradation. ``prepare`` draws the per-scene and per-view confusion once. In
+    the ``dense`` form each call then crops the confused class maps and degrades them with fresh noise; in the
+    ``ovs3d`` and ``lerf`` forms ``prepare`` also builds the crop pyramids, read as :class:`PyramidTeacher` reads
+    them (``maps``, ``query``, crop batches).
+
+    Args:
+        form: ``dense`` (token grids), ``ovs3d`` or ``lerf`` (crop pyramids).
+        object_share, object_view_prob, view_share, region_size: the confusion (:func:`draw_confusion`).
+        blur_sigma: the token-grid blur of the dense form (:func:`degrade`).
+        noise_std: expected norm of the noise on each token or crop embedding.
+        patch_size: token size in pixels.
+        seed: seeds the confusion, the noise and the pyramid crop jitter.
+        **geometry: the crop geometry of :class:`PyramidTeacher` (``image_downsample``, ``divisors``, ...); the
+            class maps are at the scene's resolution, the pyramids ``image_downsample`` times smaller.
     """
+
+    forms = ("dense", *FORMS)
 
     def __init__(
         self,
+        form: str = "dense",
         object_share: float = 0.15,
         object_view_prob: float = 0.8,
         view_share: float = 0.05,
@@ -155,8 +203,9 @@ class OracleTeacher(Teacher):
         noise_std: float = 2.0,
         patch_size: int = 16,
         seed: int = 0,
+        **geometry,
     ):
-        super().__init__()
+        super().__init__(form, seed=seed, **geometry)
         self.object_share = object_share
         self.object_view_prob = object_view_prob
         self.view_share = view_share
@@ -164,7 +213,6 @@ class OracleTeacher(Teacher):
         self.blur_sigma = blur_sigma
         self.noise_std = noise_std
         self.patch_size = patch_size
-        self.seed = seed
         self.register_buffer("text_embeddings", torch.empty(0), persistent=False)   # [C, D]
         self.register_buffer("class_maps", torch.empty(0, dtype=torch.long), persistent=False)  # [N, H, W]
         self._noise = torch.Generator()
@@ -180,9 +228,28 @@ class OracleTeacher(Teacher):
             self.view_share, self.region_size, generator,
         )
         self._noise = torch.Generator().manual_seed(self.seed + 1)
+        if self.form != "dense":
+            super().prepare(scene, text_embeddings)
+
+    def crop_embedder(self, scene: Scene, view: int) -> CropEmbedder:
+        class_map, text = self.class_maps[view], self.text_embeddings
+
+        def embed(boxes: list[Box]) -> Tensor:
+            shares = crop_class_shares(class_map, text.shape[0], boxes, self.image_downsample)
+            return add_noise(shares @ text.to(shares), self.noise_std, self._noise)
+
+        return embed
+
+    def rng_state(self) -> Tensor:
+        return self._noise.get_state()
+
+    def set_rng_state(self, state: Tensor) -> None:
+        self._noise.set_state(state)
 
     def forward(self, batch: PatchBatch) -> Tensor:
         """``[B, P/16, P/16, D]`` on the batch's device; ``batch.labels`` is not used (the confused maps are)."""
+        if self.form != "dense":
+            return super().forward(batch)
         size = batch.crop_size
         maps = torch.stack([
             self.class_maps[v, r : r + size, c : c + size]
@@ -191,7 +258,7 @@ class OracleTeacher(Teacher):
         return self._degrade(maps).to(batch.images.device)
 
     def full_image(self, view: int) -> Tensor:
-        """Token features of a whole view: ``[ceil(H/16), ceil(W/16), D]``."""
+        """Token features of a whole view, the dense degradation whatever the form: ``[ceil(H/16), ceil(W/16), D]``."""
         return self._degrade(self.class_maps[view][None])[0]
 
     def _degrade(self, maps: Tensor) -> Tensor:

@@ -1,0 +1,99 @@
+"""LERF's stage 2 through train.py's loop on the tiny synthetic scene: pyramid CLIP teacher of the tiny random CLIP,
+a random tiny DINO, two query scales."""
+
+import io
+import json
+from pathlib import Path
+
+import laser  # noqa: F401  (before timm: torchvision must import on CPU torch)
+import pytest
+import timm
+import torch
+from hydra import compose, initialize_config_dir
+
+import train
+from laser.language.dino import DinoExtractor
+from laser.methods import lerf as lerf_module
+from laser.training.run import setup_run
+
+REPO = Path(__file__).resolve().parents[1]
+STAGE1 = ["logger=none", "reconstruction.n_iters=4", "reconstruction.batch_size=64",
+          "reconstruction.n_voxels_init=4096", "reconstruction.upsample_steps=[]",
+          "reconstruction.alpha_mask_steps=[2]", "reconstruction.max_samples=16", "scene.generate=null",
+          "checkpoint_every=3"]
+# Two pyramid layers of large crops (3/4 and all of the image height): 32 tiny-CLIP crops per view.
+LERF = ["model=lerf", "teacher=pyramid_clip", "clip=tiny", "teacher.num_layers=2", "teacher.scale_min=0.75",
+        "teacher.scale_max=1.0", "scene.lerf.n_iters=4", "scene.lerf.batch_size=64", "scene.lerf.n_samples=16",
+        "scene.lerf.n_levels=4", "scene.lerf.features_per_level=2", "scene.lerf.log2_hashmap_size=10",
+        "model.query_scales=2", "model.hidden_dim=32", "model.n_hidden=2", "model.dino_hidden_dim=16",
+        "model.dino_image_size=32", "model.min_views=2"]
+
+
+def config(root, *extra):
+    with initialize_config_dir(config_dir=str(REPO / "conf"), version_base=None):
+        return compose("train", overrides=[f"scene.root={root}", *STAGE1, *LERF, *extra])
+
+
+@pytest.fixture(scope="module")
+def stage1(tiny_scene, tmp_path_factory):
+    """Stage 1 and the prepared teacher, shared by the tests: LERF leaves the field as it finds it (checked below)."""
+    cfg = config(tiny_scene)
+    run = setup_run(cfg, tmp_path_factory.mktemp("lerf") / "run")
+    reconstruction, identity = train.build_reconstruction(cfg, run.device)
+    train.fit(reconstruction, run, cfg, identity, "stage1")
+    return run, reconstruction.field, train.prepare_segmentation(cfg, reconstruction.scene)
+
+
+@pytest.fixture
+def tiny_dino(monkeypatch):
+    """A random ViT-S/8-shaped DINO of 2 blocks and 32 channels in place of the real weights."""
+    torch.manual_seed(0)
+    vit = timm.create_model("vit_small_patch8_224", pretrained=False, num_classes=0, dynamic_img_size=True,
+                            depth=2, embed_dim=32, num_heads=1)
+    monkeypatch.setattr(lerf_module, "load_dino", lambda path, model: DinoExtractor(vit))
+
+
+def test_lerf_trains_frozen_field_and_evaluates(tiny_scene, stage1, tiny_dino):
+    run, field, prepared = stage1
+    cfg = config(tiny_scene)
+    stage, identity = train.build_segmentation(cfg, prepared, field, run.device)
+    field_before = {k: v.clone() for k, v in stage.field.state_dict().items()}
+    first = stage.train_step(0)
+    assert set(first) == {"loss", "language", "dino"} and 0.0 <= first["language"] <= 2.0
+    metrics = train.fit(stage, run, cfg, identity, "stage2")
+    assert 0.0 <= metrics["miou"] <= 1.0 and 0.0 <= metrics["accuracy"] <= 1.0
+    saved = json.loads((run.dir / "lerf/test/metrics.json").read_text())
+    assert saved["views"] == sorted(stage.eval_scene.annotations)
+    assert all(torch.equal(v, field_before[k]) for k, v in stage.field.state_dict().items())
+    assert not stage.joint                                     # LERF never fine-tunes the radiance field
+    scores, rgb = stage.class_scores(saved["views"][0])
+    assert scores.shape == (48, 64, len(stage.scene.classes)) and rgb.shape == (48, 64, 3)
+    assert ((scores > 0) & (scores < 1)).all()
+
+
+def test_lerf_resumes_bit_exactly_and_trains_without_dino(tiny_scene, stage1):
+    run, field, prepared = stage1
+    cfg = config(tiny_scene, "model.use_dino=false", "model.backbone=appearance")
+    first, _ = train.build_segmentation(cfg, prepared, field, run.device)
+    for step in range(2):
+        assert set(first.train_step(step)) == {"loss", "language"}
+    buffer = io.BytesIO()
+    torch.save(first.state_dict(), buffer)
+    buffer.seek(0)
+    state = torch.load(buffer, weights_only=False)
+    second, _ = train.build_segmentation(cfg, prepared, field, run.device)
+    second.load_state_dict(state)
+    assert first.train_step(2) == second.train_step(2)
+    for a, b in zip(first.language.parameters(), second.language.parameters()):
+        assert torch.equal(a, b)
+    state["build"] = {**state["build"], "dino": True}
+    with pytest.raises(ValueError, match="trained with"):
+        second.load_state_dict(state)
+
+
+def test_bad_lerf_settings_are_refused(tiny_scene, stage1):
+    run, field, prepared = stage1
+    with pytest.raises(ValueError, match="scale_min <= scale_max"):
+        train.build_segmentation(config(tiny_scene, "model.scale_min=1.5"), prepared, field, run.device)
+    with pytest.raises(ValueError, match="backbone must be one of"):
+        train.build_segmentation(config(tiny_scene, "model.backbone=tensorf"), prepared, field, run.device)
