@@ -41,7 +41,7 @@ def test_intended_ce_by_hand():
     log_z = math.log(1 + math.e)
     hit, miss = 1 - log_z, -log_z                        # log_softmax([1, 0]) = [hit, miss], both axes
     pixel_ce = -((0.7 * hit + 0.1 * miss) + (0.2 * miss + 0.5 * hit)) / 2
-    class_ce = -((0.7 * hit + 0.2 * miss) + (0.1 * miss + 0.5 * hit)) / 2
+    class_ce = -((0.7 * hit + 0.2 * miss) + (0.1 * miss + 0.5 * hit)) / 2 / 2    # mean over classes and pixels
     loss = label_ce_loss([u], text, y, y.T, tau=1.0)
     assert loss.item() == pytest.approx((pixel_ce + class_ce) / 2, rel=1e-6)
     # Students add up; the temperature divides the logits.
