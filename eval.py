@@ -17,6 +17,7 @@ from pathlib import Path
 
 import laser  # noqa: F401  (makes torchvision importable on CPU torch before anything imports it)
 import hydra
+import torch
 from hydra.utils import get_class
 from omegaconf import DictConfig, OmegaConf
 
@@ -24,7 +25,8 @@ import train
 from laser.errors import CheckpointError
 from laser.evaluation.tables import pivot, write_tables
 from laser.training import checkpoint
-from laser.training.run import resolve_device
+from laser.training.loggers import Logger
+from laser.training.run import Run, resolve_device
 
 
 def find_runs(folder: Path) -> list[Path]:
@@ -48,15 +50,16 @@ def run_labels(runs: list[Path], root: Path) -> dict[Path, str]:
     return {run: ",".join(o for o in overrides[run] if o not in shared) or run.name for run in runs}
 
 
-def evaluate_run(run: Path, out: Path, device) -> dict:
+def evaluate_run(folder: Path, out: Path, device) -> dict:
     """Rebuild a run's stages from its saved config and checkpoints and evaluate each one that was trained; the
     training cost recorded in each checkpoint joins the row."""
-    cfg = OmegaConf.load(run / ".hydra" / "config.yaml")
+    cfg = OmegaConf.load(folder / ".hydra" / "config.yaml")
+    run = Run(dir=folder, device=device, logger=Logger())
     reconstruction, identity = train.build_reconstruction(cfg, device)
-    saved = checkpoint.restore_stage(reconstruction, run / "checkpoints" / f"{reconstruction.name}.pt", identity)
+    saved = checkpoint.restore_stage(reconstruction, run.checkpoint_path(reconstruction.name), identity)
     row = {"scene": cfg.scene.name, "step": saved["step"], **reconstruction.evaluate(out / reconstruction.name),
            **train.cost_columns("stage1", saved["cost"])}
-    path = run / "checkpoints" / f"{get_class(cfg.model._target_).name}.pt"
+    path = run.checkpoint_path(get_class(cfg.model._target_).name)
     if reconstruction.scene.classes and path.is_file():
         prepared = train.prepare_segmentation(cfg, reconstruction.scene)
         segmentation, identity = train.build_segmentation(cfg, prepared, reconstruction.field, device)
@@ -66,18 +69,20 @@ def evaluate_run(run: Path, out: Path, device) -> dict:
     return row
 
 
-def recorded_run(run: Path) -> dict:
+def recorded_run(folder: Path) -> dict:
     """The row of a run from the metrics its stages recorded at the end of training (no rendering)."""
-    cfg = OmegaConf.load(run / ".hydra" / "config.yaml")
+    cfg = OmegaConf.load(folder / ".hydra" / "config.yaml")
+    run = Run(dir=folder, device=torch.device("cpu"), logger=Logger())
     row = {"scene": cfg.scene.name}
     method = get_class(cfg.model._target_).name
-    for stage in ("reconstruction", method):
-        path = run / stage / "test" / "metrics.json"
+    for stage in (get_class(cfg.reconstruction._target_).name, method):
+        path = run.test_outputs(stage) / "metrics.json"
         if path.is_file():
-            row.update({"method": method} if stage == method else {})
+            if stage == method:
+                row["method"] = method
             row.update(json.loads(path.read_text())["metrics"])
     if len(row) == 1:
-        raise CheckpointError(run, "no recorded metrics (reconstruction/test/metrics.json); evaluate with render=true")
+        raise CheckpointError(folder, "no recorded metrics (reconstruction/test/metrics.json); evaluate with render=true")
     return row
 
 

@@ -15,12 +15,9 @@ import train
 from laser.language.dino import DinoExtractor
 from laser.methods import lerf as lerf_module
 from laser.training.run import setup_run
+from test_laser_stage import STAGE1
 
 REPO = Path(__file__).resolve().parents[1]
-STAGE1 = ["logger=none", "reconstruction.n_iters=4", "reconstruction.batch_size=64",
-          "reconstruction.n_voxels_init=4096", "reconstruction.upsample_steps=[]",
-          "reconstruction.alpha_mask_steps=[2]", "reconstruction.max_samples=16", "scene.generate=null",
-          "checkpoint_every=3"]
 # Two pyramid layers of large crops (3/4 and all of the image height): 32 tiny-CLIP crops per view.
 LERF = ["model=lerf", "teacher=pyramid_clip", "clip=tiny", "teacher.num_layers=2", "teacher.scale_min=0.75",
         "teacher.scale_max=1.0", "scene.lerf.n_iters=4", "scene.lerf.batch_size=64", "scene.lerf.n_samples=16",
