@@ -162,3 +162,13 @@ def test_forms_are_validated():
         OracleTeacher(form="ovs3d").query(0, torch.zeros(1, 2), torch.zeros(1))
     with pytest.raises(ValueError, match="positive integer"):
         OracleTeacher(form="ovs3d", image_downsample=1.5)
+
+
+def test_token_norm_scales_tokens_and_crops_noise_included():
+    scene, t = make_scene(block_labels(views=2)), text(dim=32)
+    for form, read in (("dense", lambda teacher: teacher.full_image(1)),
+                       ("ovs3d", lambda teacher: teacher.crop_embedder(scene, 1)([(0, 0, 32, 32)] * 50))):
+        unit, scaled = (OracleTeacher(form=form, noise_std=1.0, token_norm=norm, seed=3) for norm in (1.0, 10.0))
+        unit.prepare(scene, t)
+        scaled.prepare(scene, t)
+        torch.testing.assert_close(read(scaled), 10.0 * read(unit))

@@ -14,6 +14,9 @@ embeddings, degraded the way dense CLIP is degraded:
 3. **Boundary blur**: a Gaussian on the token grid (in tokens), so tokens near a boundary borrow from their
    neighbours; interior tokens of a region are unchanged by it.
 4. **Noise**: Gaussian with norm about ``noise_std`` (``noise_std / sqrt(D)`` per component) on the unit embedding.
+5. **Scale**: everything is multiplied by ``token_norm``. CLIP's embeddings are not unit vectors (a ViT-L/14@336
+   image embedding of norm about 21 is shown in rom1504/clip-retrieval#290), and the scale matters where a method
+   adds something of fixed size to the tokens: Laser's adapter adds a positional code of norm 16 (LASER.md §4.1).
 
 That is the ``dense`` form (Laser's token grids). The ``ovs3d`` and ``lerf`` forms imitate the crop pyramids of
 global CLIP embeddings instead, with the crop geometry of :class:`~laser.language.teachers.pyramid.PyramidTeacher`:
@@ -21,7 +24,8 @@ a crop's embedding is the class text embeddings mixed by the shares of the crop'
 confused class map (:func:`crop_class_shares`), plus the same noise; no patch averaging or blur (a global embedding
 has no patches). The pyramids, noise included, are drawn once in ``prepare``.
 
-Outputs are NOT normalised, like CLIP's (a pure token or crop before noise has norm 1; mixed ones are shorter).
+Outputs are NOT normalised, like CLIP's (a pure token or crop before noise has norm ``token_norm``; mixed ones are
+shorter).
 Unlabelled pixels (-1) contribute a zero embedding.
 
 The defaults are set so that its own 2D argmax mIoU on the default synthetic scene, with the tiny CLIP's text
@@ -183,7 +187,8 @@ class OracleTeacher(PyramidTeacher):
         form: ``dense`` (token grids), ``ovs3d`` or ``lerf`` (crop pyramids).
         object_share, object_view_prob, view_share, region_size: the confusion (:func:`draw_confusion`).
         blur_sigma: the token-grid blur of the dense form (:func:`degrade`).
-        noise_std: expected norm of the noise on each token or crop embedding.
+        noise_std: expected norm of the noise on each token or crop embedding, relative to a pure one.
+        token_norm: norm of a pure token or crop embedding before noise (the last step, a plain scale).
         patch_size: token size in pixels.
         seed: seeds the confusion, the noise and the pyramid crop jitter.
         **geometry: the crop geometry of :class:`PyramidTeacher` (``image_downsample``, ``divisors``, ...); the
@@ -201,6 +206,7 @@ class OracleTeacher(PyramidTeacher):
         region_size: int = 64,
         blur_sigma: float = 0.5,
         noise_std: float = 2.0,
+        token_norm: float = 1.0,
         patch_size: int = 16,
         seed: int = 0,
         **geometry,
@@ -212,6 +218,7 @@ class OracleTeacher(PyramidTeacher):
         self.region_size = region_size
         self.blur_sigma = blur_sigma
         self.noise_std = noise_std
+        self.token_norm = token_norm
         self.patch_size = patch_size
         self.register_buffer("text_embeddings", torch.empty(0), persistent=False)   # [C, D]
         self.register_buffer("class_maps", torch.empty(0, dtype=torch.long), persistent=False)  # [N, H, W]
@@ -236,7 +243,7 @@ class OracleTeacher(PyramidTeacher):
 
         def embed(boxes: list[Box]) -> Tensor:
             shares = crop_class_shares(class_map, text.shape[0], boxes, self.image_downsample)
-            return add_noise(shares @ text.to(shares), self.noise_std, self._noise)
+            return add_noise(shares @ text.to(shares), self.noise_std, self._noise) * self.token_norm
 
         return embed
 
@@ -264,4 +271,5 @@ class OracleTeacher(PyramidTeacher):
     def _degrade(self, maps: Tensor) -> Tensor:
         if self.text_embeddings.numel() == 0:
             raise RuntimeError("OracleTeacher.prepare(scene, text_embeddings) must run before it is called")
-        return degrade(maps, self.text_embeddings, self.patch_size, self.blur_sigma, self.noise_std, self._noise)
+        tokens = degrade(maps, self.text_embeddings, self.patch_size, self.blur_sigma, self.noise_std, self._noise)
+        return tokens * self.token_norm

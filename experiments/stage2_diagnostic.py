@@ -1,0 +1,118 @@
+"""Stage-2 diagnostic: train a stage 2 from a trained stage 1 and evaluate it quickly at chosen steps.
+
+The run is built as ``train.py`` builds it (same config, same overrides); stage 1 is loaded from a checkpoint
+(``runs/stages/...`` after any ``train.py`` run on the scene). At each requested step the annotated views are
+rendered at every ``--every``-th pixel and scored with the 3D-OVS metrics (LASER.md §11); per-class IoU is printed
+beside the teacher's own (its full-image tokens, nearest-upsampled, at the same pixels). With the adapter on, the
+adapter statistics that show the cross-training collapse are printed too (experiments/RESULTS.md): norms of the
+centred input ``c0`` and of the adapted branch ``c' - 0.8 c0``, and cosines between CLIP and NeRF outputs.
+
+Prints one JSON line per evaluation. Times are stage-2 training seconds (evaluations excluded).
+
+Run: ``.venv/bin/python experiments/stage2_diagnostic.py --stage1 runs/stages/<folder>/checkpoints/reconstruction.pt
+--steps 1000,3000 [override ...]``
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)  # run from a checkout without installing the package
+
+import laser  # noqa: E402,F401  (before open_clip)
+import torch  # noqa: E402
+import torch.nn.functional as F  # noqa: E402
+from hydra import compose, initialize_config_dir  # noqa: E402
+
+import train  # noqa: E402
+from laser.evaluation.metrics import segmentation_metrics  # noqa: E402
+from laser.rendering import render_in_chunks  # noqa: E402
+from laser.training import checkpoint  # noqa: E402
+from laser.training.run import resolve_device, seed_everything  # noqa: E402
+
+
+def _cos(a: torch.Tensor, b: torch.Tensor) -> float:
+    return round(float(F.cosine_similarity(a, b, dim=-1).mean()), 3)
+
+
+@torch.no_grad()
+def adapter_statistics(stage) -> dict:
+    """One fresh training batch through the adapter (eval mode: the statistics do not move)."""
+    sample = stage.sampler.sample()
+    c = stage.teacher(sample.batch).reshape(-1, stage.text.shape[1]).float().to(stage.device)
+    f = stage.render(sample.rays.to(stage.device), train=True)["features"]
+    stage.adapter.eval()
+    (c0, c1), (f0, f1) = stage.adapter(c), stage.adapter(f)
+    stage.adapter.train()
+    branch_c, branch_f = c1 - 0.8 * c0, f1 - 0.8 * f0
+    return {"|c0|": round(float(c0.norm(dim=-1).mean()), 2), "|c'-0.8c0|": round(float(branch_c.norm(dim=-1).mean()), 2),
+            "|f|": round(float(f.norm(dim=-1).mean()), 2), "cos(c',c0)": _cos(c1, c0), "cos(f,c0)": _cos(f, c0),
+            "cos(f',c')": _cos(f1, c1), "cos(branches)": _cos(branch_c, branch_f),
+            "cos(branch, its row mean)": _cos(branch_c, branch_c.mean(0, keepdim=True).expand_as(branch_c))}
+
+
+@torch.no_grad()
+def evaluate(stage, every: int) -> dict:
+    scene = stage.eval_scene
+    for module in stage.modules().values():
+        module.eval()
+    truths, scores, teacher_scores = [], [], []
+    for view in scene.annotated_views:
+        rays = scene.rays(view).reshape(scene.height, scene.width, 6)[::every, ::every]
+        out = render_in_chunks(lambda r: stage.render(r), rays.reshape(-1, 6).to(stage.device), stage.chunk,
+                               keys=("features",))
+        score = F.normalize(stage.query_features(out["features"]), dim=-1) @ stage.text.T
+        scores.append(score.reshape(*rays.shape[:2], -1).cpu())
+        truths.append(scene.annotations[view][::every, ::every])
+        tokens = F.normalize(stage.teacher.full_image(view).float(), dim=-1) @ stage.text.T.cpu()
+        pixels = F.interpolate(tokens.permute(2, 0, 1)[None], scale_factor=16, mode="nearest")[0].permute(1, 2, 0)
+        teacher_scores.append(pixels[: scene.height, : scene.width][::every, ::every])
+    for module in stage.modules().values():
+        module.train()
+    result, teacher = segmentation_metrics(truths, scores), segmentation_metrics(truths, teacher_scores)
+
+    def per_class(r: dict) -> dict:
+        return {n: round(v, 2) for n, v in zip(scene.classes, torch.tensor(r["per_view_iou"]).mean(0).tolist())}
+
+    return {"miou": round(result["miou"], 4), "accuracy": round(result["accuracy"], 4),
+            "per_class": per_class(result), "teacher_miou": round(teacher["miou"], 4),
+            "teacher_per_class": per_class(teacher)}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--stage1", required=True, help="a stage-1 checkpoint of this scene and stage-1 config")
+    parser.add_argument("--steps", default="1000", help="comma-separated steps to evaluate at")
+    parser.add_argument("--every", type=int, default=4, help="evaluate every n-th pixel of each annotated view")
+    parser.add_argument("overrides", nargs="*", help="Hydra overrides of conf/train.yaml")
+    args = parser.parse_args()
+    with initialize_config_dir(config_dir=os.path.join(ROOT, "conf"), version_base=None):
+        cfg = compose("train", overrides=["logger=none", *args.overrides])
+    seed_everything(cfg.seed)
+    device = resolve_device(cfg.device)
+    reconstruction, identity = train.build_reconstruction(cfg, device)
+    checkpoint.restore_stage(reconstruction, args.stage1, identity)
+    stage, _ = train.build_segmentation(cfg, train.prepare_segmentation(cfg, reconstruction.scene),
+                                        reconstruction.field, device)
+    done, train_s, losses = 0, 0.0, {}
+    for target in sorted(int(s) for s in args.steps.split(",")):
+        start = time.perf_counter()
+        while done < target:
+            losses = stage.train_step(done)
+            done += 1
+        train_s += time.perf_counter() - start
+        line = {"step": done, "train_s": round(train_s, 1), **evaluate(stage, args.every),
+                "losses": {k: round(v, 3) for k, v in losses.items()}}
+        if getattr(stage, "adapter", None) is not None:
+            line["adapter"] = adapter_statistics(stage)
+        print(json.dumps(line), flush=True)
+
+
+if __name__ == "__main__":
+    main()
