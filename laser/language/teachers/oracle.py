@@ -14,9 +14,9 @@ embeddings, degraded the way dense CLIP is degraded:
 3. **Boundary blur**: a Gaussian on the token grid (in tokens), so tokens near a boundary borrow from their
    neighbours; interior tokens of a region are unchanged by it.
 4. **Noise**: Gaussian with norm about ``noise_std`` (``noise_std / sqrt(D)`` per component) on the unit embedding.
-5. **Scale**: everything is multiplied by ``token_norm``. CLIP's embeddings are not unit vectors (a ViT-L/14@336
-   image embedding of norm about 21 is shown in rom1504/clip-retrieval#290), and the scale matters where a method
-   adds something of fixed size to the tokens: Laser's adapter adds a positional code of norm 16 (LASER.md §4.1).
+5. **Scale**: everything is multiplied by ``token_norm``. CLIP's embeddings are not unit vectors (the raw and the
+   normalised ViT-L/14@336 image embedding printed in rom1504/clip-retrieval#290 differ by a factor of about 21),
+   and the scale matters where a method adds something of fixed size to the tokens: Laser's adapter adds a positional code of norm 16 (LASER.md §4.1).
 
 That is the ``dense`` form (Laser's token grids). The ``ovs3d`` and ``lerf`` forms imitate the crop pyramids of
 global CLIP embeddings instead, with the crop geometry of :class:`~laser.language.teachers.pyramid.PyramidTeacher`:
