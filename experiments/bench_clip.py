@@ -24,7 +24,6 @@ sys.path.insert(0, ROOT)  # run from a checkout without installing the package
 
 import laser  # noqa: E402,F401  (before open_clip)
 import torch  # noqa: E402
-import torch.nn.functional as F  # noqa: E402
 from hydra import compose, initialize_config_dir  # noqa: E402
 from hydra.utils import instantiate  # noqa: E402
 from omegaconf import OmegaConf  # noqa: E402
@@ -74,14 +73,7 @@ def oracle_miou(scene_dir: str, seeds: int) -> None:
     for seed in range(seeds):
         teacher = instantiate(teacher_cfg, seed=seed)
         teacher.prepare(scene, text)
-        scores = []
-        for view in scene.annotated_views:
-            logits = F.normalize(teacher.full_image(view), dim=-1) @ text.T              # [h, w, C]
-            rows, cols, _ = logits.shape
-            # Token scores to pixels, bilinearly, then cut the padding of the last token row/column.
-            pixels = F.interpolate(logits.permute(2, 0, 1)[None], size=(rows * 16, cols * 16), mode="bilinear",
-                                   align_corners=False)[0, :, : scene.height, : scene.width]
-            scores.append(pixels.permute(1, 2, 0))
+        scores = [teacher.pixel_scores(view) for view in scene.annotated_views]
         metrics = segmentation_metrics([scene.annotations[v] for v in scene.annotated_views], scores)
         values.append(metrics["miou"])
         emit(measure="oracle_2d_miou", scene=scene_dir, seed=seed, miou=round(100 * metrics["miou"], 1),

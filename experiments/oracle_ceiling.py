@@ -54,13 +54,8 @@ def main() -> None:
                              for c in range(len(classes))])
     confusion = confusion / confusion.sum(1, keepdim=True)
 
-    def teacher_scores(view: int) -> torch.Tensor:
-        tokens = F.normalize(teacher.full_image(view).float(), dim=-1) @ F.normalize(text, dim=-1).T
-        up = F.interpolate(tokens.permute(2, 0, 1)[None], scale_factor=16, mode="bilinear", align_corners=False)
-        return up[0].permute(1, 2, 0)[: scene.height, : scene.width]
-
     rows = {
-        "teacher (2D, bilinear tokens)": [teacher_scores(v) for v in views],
+        "teacher (2D, bilinear tokens)": [teacher.pixel_scores(v) for v in views],
         "ideal 3D, 16-px box": [box_scores(torch.einsum("chw,cd->dhw", one_hot[v], confusion), text, 16)
                                 for v in views],
         "ideal 3D, no blur": [box_scores(torch.einsum("chw,cd->dhw", one_hot[v], confusion), text, 1) for v in views],

@@ -9,7 +9,7 @@ centred input ``c0`` and of the adapted branch ``c' - 0.8 c0``, and cosines betw
 
 Prints one JSON line per evaluation. Times are stage-2 training seconds (evaluations excluded).
 
-Run: ``.venv/bin/python experiments/stage2_diagnostic.py --stage1 runs/stages/<folder>/checkpoints/reconstruction.pt
+Run: ``.venv/bin/python experiments/stage2_diagnostic.py --stage1 runs/stages/<folder>/checkpoint.pt
 --steps 1000,3000 [override ...]``
 """
 
@@ -70,9 +70,7 @@ def evaluate(stage, every: int) -> dict:
         score = F.normalize(stage.query_features(out["features"]), dim=-1) @ stage.text.T
         scores.append(score.reshape(*rays.shape[:2], -1).cpu())
         truths.append(scene.annotations[view][::every, ::every])
-        tokens = F.normalize(stage.teacher.full_image(view).float(), dim=-1) @ stage.text.T.cpu()
-        pixels = F.interpolate(tokens.permute(2, 0, 1)[None], scale_factor=16, mode="nearest")[0].permute(1, 2, 0)
-        teacher_scores.append(pixels[: scene.height, : scene.width][::every, ::every])
+        teacher_scores.append(stage.teacher.pixel_scores(view, mode="nearest")[::every, ::every])
     for module in stage.modules().values():
         module.train()
     result, teacher = segmentation_metrics(truths, scores), segmentation_metrics(truths, teacher_scores)

@@ -172,3 +172,14 @@ def test_token_norm_scales_tokens_and_crops_noise_included():
         unit.prepare(scene, t)
         scaled.prepare(scene, t)
         torch.testing.assert_close(read(scaled), 10.0 * read(unit))
+
+
+def test_pixel_scores_are_the_tokens_cosines_upsampled_to_the_view():
+    labels = block_labels()[:, :100, :150]                              # not a multiple of the 16-px token
+    teacher = OracleTeacher(object_share=0.0, view_share=0.0, noise_std=0.0, blur_sigma=0.0)
+    teacher.prepare(make_scene(labels), text())
+    tokens = torch.nn.functional.normalize(teacher.full_image(1), dim=-1) @ text().T
+    nearest = teacher.pixel_scores(1, mode="nearest")
+    assert nearest.shape == (100, 150, text().shape[0])
+    torch.testing.assert_close(nearest, tokens.repeat_interleave(16, 0).repeat_interleave(16, 1)[:100, :150])
+    assert teacher.pixel_scores(1).shape == (100, 150, text().shape[0])

@@ -16,7 +16,8 @@ embeddings, degraded the way dense CLIP is degraded:
 4. **Noise**: Gaussian with norm about ``noise_std`` (``noise_std / sqrt(D)`` per component) on the unit embedding.
 5. **Scale**: everything is multiplied by ``token_norm``. CLIP's embeddings are not unit vectors (the raw and the
    normalised ViT-L/14@336 image embedding printed in rom1504/clip-retrieval#290 differ by a factor of about 21),
-   and the scale matters where a method adds something of fixed size to the tokens: Laser's adapter adds a positional code of norm 16 (LASER.md §4.1).
+   and the scale matters where a method adds something of fixed size to the tokens: Laser's adapter adds a
+   positional code of norm 16 (LASER.md §4.1).
 
 That is the ``dense`` form (Laser's token grids). The ``ovs3d`` and ``lerf`` forms imitate the crop pyramids of
 global CLIP embeddings instead, with the crop geometry of :class:`~laser.language.teachers.pyramid.PyramidTeacher`:
@@ -267,6 +268,17 @@ class OracleTeacher(PyramidTeacher):
     def full_image(self, view: int) -> Tensor:
         """Token features of a whole view, the dense degradation whatever the form: ``[ceil(H/16), ceil(W/16), D]``."""
         return self._degrade(self.class_maps[view][None])[0]
+
+    def pixel_scores(self, view: int, mode: str = "bilinear") -> Tensor:
+        """The teacher's own 2D class scores of a whole view, ``[H, W, C]``: cosine of :meth:`full_image`'s tokens to
+        the class embeddings, upsampled 16x (``mode`` of ``F.interpolate``), the last token row/column's padding cut."""
+        tokens = F.normalize(self.full_image(view), dim=-1) @ F.normalize(self.text_embeddings, dim=-1).T
+        rows, cols, _ = tokens.shape
+        options = {} if mode == "nearest" else {"align_corners": False}
+        pixels = F.interpolate(tokens.permute(2, 0, 1)[None], size=(rows * self.patch_size, cols * self.patch_size),
+                               mode=mode, **options)[0]
+        height, width = self.class_maps.shape[1:]
+        return pixels[:, :height, :width].permute(1, 2, 0)
 
     def _degrade(self, maps: Tensor) -> Tensor:
         if self.text_embeddings.numel() == 0:
