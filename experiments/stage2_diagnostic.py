@@ -1,11 +1,12 @@
 """Stage-2 diagnostic: train a stage 2 from a trained stage 1 and evaluate it quickly at chosen steps.
 
-The run is built as ``train.py`` builds it (same config, same overrides); stage 1 is loaded from a checkpoint
-(``runs/stages/...`` after any ``train.py`` run on the scene). At each requested step the annotated views are
-rendered at every ``--every``-th pixel and scored with the 3D-OVS metrics (LASER.md §11); per-class IoU is printed
-beside the teacher's own (its full-image tokens, nearest-upsampled, at the same pixels). With the adapter on, the
-adapter statistics that show the cross-training collapse are printed too (experiments/RESULTS.md): norms of the
-centred input ``c0`` and of the adapted branch ``c' - 0.8 c0``, and cosines between CLIP and NeRF outputs.
+The run is built as ``train.py`` builds it (same config, same overrides, any ``model=``); stage 1 is loaded
+from a checkpoint (``runs/stages/...`` after any ``train.py`` run on the scene). At each requested step the
+annotated views are scored at every ``--every``-th pixel (the stage's own ``class_scores``) with the 3D-OVS
+metrics (LASER.md §11); per-class IoU is printed beside the teacher's own (its full-image tokens,
+nearest-upsampled, at the same pixels). With the adapter on, the adapter statistics that show the
+cross-training collapse are printed too (experiments/RESULTS.md): norms of the centred input ``c0`` and of the
+adapted branch ``c' - 0.8 c0``, and cosines between CLIP and NeRF outputs.
 
 Prints one JSON line per evaluation. Times are stage-2 training seconds (evaluations excluded).
 
@@ -32,7 +33,6 @@ from hydra import compose, initialize_config_dir  # noqa: E402
 
 import train  # noqa: E402
 from laser.evaluation.metrics import segmentation_metrics  # noqa: E402
-from laser.rendering import render_in_chunks  # noqa: E402
 from laser.training import checkpoint  # noqa: E402
 from laser.training.run import resolve_device, seed_everything  # noqa: E402
 
@@ -64,11 +64,7 @@ def evaluate(stage, every: int) -> dict:
         module.eval()
     truths, scores, teacher_scores = [], [], []
     for view in scene.annotated_views:
-        rays = scene.rays(view).reshape(scene.height, scene.width, 6)[::every, ::every]
-        out = render_in_chunks(lambda r: stage.render(r), rays.reshape(-1, 6).to(stage.device), stage.chunk,
-                               keys=("features",))
-        score = F.normalize(stage.query_features(out["features"]), dim=-1) @ stage.text.T
-        scores.append(score.reshape(*rays.shape[:2], -1).cpu())
+        scores.append(stage.class_scores(view, stride=every)[0].cpu())
         truths.append(scene.annotations[view][::every, ::every])
         teacher_scores.append(stage.teacher.pixel_scores(view, mode="nearest")[::every, ::every])
     for module in stage.modules().values():

@@ -66,6 +66,7 @@ def test_lerf_trains_frozen_field_and_evaluates(tiny_scene, stage1, tiny_dino):
     scores, rgb = stage.class_scores(saved["views"][0])
     assert scores.shape == (48, 64, len(stage.scene.classes)) and rgb.shape == (48, 64, 3)
     assert ((scores > 0) & (scores < 1)).all()
+    assert stage.class_scores(saved["views"][0], stride=3)[0].shape == (16, 22, len(stage.scene.classes))
 
 
 def test_lerf_resumes_bit_exactly_and_trains_without_dino(tiny_scene, stage1):

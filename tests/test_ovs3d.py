@@ -76,8 +76,12 @@ def test_ovs3d_trains_on_the_clip_pyramid(tiny_scene, stage1):
     for step in range(2):
         logged = stage.train_step(step)
     assert all(torch.isfinite(torch.tensor(v)) for v in logged.values())
-    scores, _ = stage.class_scores(stage.eval_scene.annotated_views[0])
+    view = stage.eval_scene.annotated_views[0]
+    scores, _ = stage.class_scores(view)
     assert scores.shape == (48, 64, len(stage.scene.classes))
+    strided, rgb = stage.class_scores(view, stride=2)          # every other pixel: the same rays, rendered alone
+    torch.testing.assert_close(strided, scores[::2, ::2])
+    assert rgb.shape == (24, 32, 3)
 
 
 def test_a_teacher_of_another_form_is_refused(tiny_scene, stage1):

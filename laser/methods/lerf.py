@@ -217,15 +217,16 @@ class LerfSegmentation(SegmentationStage):
         return {"rgb": rgb, "relevancy": torch.stack(maps, dim=1)}
 
     @torch.no_grad()
-    def class_scores(self, view: int) -> tuple[Tensor, Tensor]:
-        """Per-class relevancy ``[H, W, C]`` at each class's own scale, and the colour render ``[H, W, 3]``.
+    def class_scores(self, view: int, stride: int = 1) -> tuple[Tensor, Tensor]:
+        """Per-class relevancy ``[h, w, C]`` at each class's own scale, and the colour render ``[h, w, 3]``, at every
+        ``stride``-th pixel of the view.
 
         Scale rule: per evaluation view and per class, the query scale whose relevancy map over the whole view has
         the highest value (LERF's rule; LERF's code applies it per batch of rays, which makes the chosen scale
         depend on the batching). The segmentation is the argmax over classes of these relevancies. Memory: the
         maps of all scales, ``H * W * S * C`` floats, are held until the choice.
         """
-        scene = self.eval_scene
-        out = render_in_chunks(self.render, scene.rays(view).to(self.device), self.chunk, keys=("relevancy", "rgb"))
+        rays = self.eval_rays(view, stride)
+        out = render_in_chunks(self.render, rays.reshape(-1, 6), self.chunk, keys=("relevancy", "rgb"))
         _, scores = select_scale(out["relevancy"].transpose(0, 1))
-        return scores.reshape(scene.height, scene.width, -1), out["rgb"].reshape(scene.height, scene.width, 3)
+        return scores.reshape(*rays.shape[:2], -1), out["rgb"].reshape(*rays.shape[:2], 3)

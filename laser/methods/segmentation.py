@@ -121,14 +121,19 @@ class SegmentationStage:
         return features
 
     @torch.no_grad()
-    def class_scores(self, view: int) -> tuple[Tensor, Tensor]:
-        """Per-class scores ``[H, W, C]`` (argmax is the segmentation; here the cosine similarity of the rendered
-        feature to each class, no temperature, §10) and the colour render ``[H, W, 3]`` of an evaluation view."""
+    def eval_rays(self, view: int, stride: int = 1) -> Tensor:
+        """Rays ``[h, w, 6]`` of every ``stride``-th pixel (both axes) of an evaluation view, on the device."""
         scene = self.eval_scene
-        out = render_in_chunks(lambda r: self.render(r), scene.rays(view).to(self.device), self.chunk,
-                               keys=("features", "rgb"))
+        return scene.rays(view).reshape(scene.height, scene.width, 6)[::stride, ::stride].to(self.device)
+
+    def class_scores(self, view: int, stride: int = 1) -> tuple[Tensor, Tensor]:
+        """Per-class scores ``[h, w, C]`` (argmax is the segmentation; here the cosine similarity of the rendered
+        feature to each class, no temperature, §10) and the colour render ``[h, w, 3]`` of an evaluation view, at
+        every ``stride``-th pixel (1: the full view; more for quick looks during experiments)."""
+        rays = self.eval_rays(view, stride)
+        out = render_in_chunks(lambda r: self.render(r), rays.reshape(-1, 6), self.chunk, keys=("features", "rgb"))
         scores = F.normalize(self.query_features(out["features"]), dim=-1) @ self.text.T
-        return scores.reshape(scene.height, scene.width, -1), out["rgb"].reshape(scene.height, scene.width, 3)
+        return scores.reshape(*rays.shape[:2], -1), out["rgb"].reshape(*rays.shape[:2], 3)
 
     def evaluate(self, out_dir: str | Path) -> dict[str, float]:
         """3D-OVS metrics on the annotated views (§11); overlays with a legend and per-class relevancy maps
