@@ -59,6 +59,24 @@ def test_eval_mode_freezes_the_statistics_unless_asked():
     assert math.isclose(adapter.mu_in.item(), 0.2, rel_tol=1e-6)
 
 
+def test_bounded_branch_keeps_the_input_norm():
+    # Off (the paper): an inflated branch dominates the output. On: each row's branch has the norm of its centred
+    # input, whatever the weights, so the output stays within ratio / (1 - ratio) of the input's direction.
+    torch.manual_seed(0)
+    x = torch.randn(64, 512)
+    for bound in (False, True):
+        adapter = Adapter(bound_branch=bound).eval()            # eval: mu_in = mu_out = 0, so x0 = x
+        with torch.no_grad():
+            for p in adapter.parameters():
+                p.mul_(30.0)
+            x0, x1 = adapter(x)
+        branch = (x1 - 0.8 * x0).norm(dim=-1)
+        if bound:
+            torch.testing.assert_close(branch, 0.2 * x0.norm(dim=-1))
+        else:
+            assert (branch > x0.norm(dim=-1)).all()
+
+
 def test_rows_are_not_permutation_equivariant():
     # Official behaviour: the positional code is indexed by row, so reordering the tokens changes the output.
     torch.manual_seed(0)

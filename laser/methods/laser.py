@@ -44,7 +44,7 @@ class LaserSegmentation(SegmentationStage):
                  lr_app_grid: float = 5e-3, lr_app_network: float = 5e-5, lr_decay_ratio: float = 0.1,
                  use_adapter: bool = True, use_self_cross: bool = True, use_ltqa: bool = True,
                  use_label_volume: bool = True, use_text_augmentation: bool = True,
-                 adapter_at_inference: bool = False, seed: int = 20230417):
+                 adapter_at_inference: bool = False, adapter_bound_branch: bool = False, seed: int = 20230417):
         super().__init__(scene, eval_scene, field, teacher, text, device, n_iters, chunk, n_samples, distance_scale,
                          weight_threshold, joint_start_iter, lr_app_grid, lr_app_network, lr_decay_ratio, seed)
         self.sampler = PatchSampler(scene, patch_size, patch_num, seed=seed)
@@ -62,7 +62,7 @@ class LaserSegmentation(SegmentationStage):
         self.ltqa = LTQA(dim, ltqa_dim).to(self.device) if use_ltqa else None
         self.labels = (LabelVolume(field.grid_resolution(), label_components, num_slots=dim).to(self.device)
                        if use_label_volume else None)
-        self.adapter = Adapter(dim).to(self.device) if use_adapter else None
+        self.adapter = Adapter(dim, bound_branch=adapter_bound_branch).to(self.device) if use_adapter else None
         self.reset_optimizer()
 
     def modules(self) -> dict[str, nn.Module]:

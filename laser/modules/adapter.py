@@ -40,13 +40,17 @@ class Adapter(nn.Module):
         update_stats_in_eval: also update ``mu_in`` / ``mu_out`` in eval mode, as the official code does (§13.7).
             Off by default: our ruling evaluates without the adapter, and an evaluation pass that did use it should
             not move the training statistics.
+        bound_branch: NOT in the paper. Rescale each row of the adapted branch to the norm of its centred input, so
+            the branch is at most ``ratio / (1 - ratio)`` of the output. Every Laser loss is a cosine, so nothing else
+            bounds the branch, and in the self-cross phase it grows into one vector shared by all rows
+            (experiments/RESULTS.md, "Cross-training collapse"). Off by default: a deviation awaiting a ruling.
 
     Buffers ``mu_in`` and ``mu_out`` (scalars, saved in the state dict) are shared by every caller: in Laser, CLIP
     tokens and NeRF features update the same statistics, in call order.
     """
 
     def __init__(self, dim: int = 512, reduction: int = 2, attn_dim: int = 32, ratio: float = 0.2,
-                 momentum: float = 0.9, update_stats_in_eval: bool = False):
+                 momentum: float = 0.9, update_stats_in_eval: bool = False, bound_branch: bool = False):
         super().__init__()
         hidden = dim // reduction
         # The final ReLU is the official architecture's (§4.1), not a slip.
@@ -57,6 +61,7 @@ class Adapter(nn.Module):
         self.ratio = ratio
         self.momentum = momentum
         self.update_stats_in_eval = update_stats_in_eval
+        self.bound_branch = bound_branch
         self.register_buffer("mu_in", torch.zeros(()))
         self.register_buffer("mu_out", torch.zeros(()))
 
@@ -76,7 +81,10 @@ class Adapter(nn.Module):
         h = x + sinusoidal_code(x.shape[0], x.shape[1], x.device, x.dtype)
         q, k, v = self.qkv(h).split(self.attn_dim, dim=-1)
         h = self.attn_out(torch.softmax(q @ k.T, dim=-1) @ v)    # unscaled, as in the official code
-        y = self.ratio * (self.bottleneck(h) + h) + (1.0 - self.ratio) * x0
+        branch = self.bottleneck(h) + h
+        if self.bound_branch:
+            branch = F.normalize(branch, dim=-1) * x0.norm(dim=-1, keepdim=True)
+        y = self.ratio * branch + (1.0 - self.ratio) * x0
         self._track(self.mu_out, y)
         return x0, y - self.mu_out
 
