@@ -61,6 +61,18 @@ def test_code_exact_ce_trains(tiny_scene, tmp_path):
     assert 0.0 <= metrics["miou"] <= 1.0
 
 
+def test_adapter_at_inference_and_bounded_branch(tiny_scene, tmp_path):
+    # The two non-default adapter flags through the config: scores go through the (bounded) adapter, without autograd.
+    cfg = config(tiny_scene, "model.adapter_at_inference=true", "model.adapter_bound_branch=true", "model.n_iters=3")
+    stage, metrics = run_both(cfg, tmp_path / "run")
+    assert stage.adapter.bound_branch and 0.0 <= metrics["miou"] <= 1.0
+    view = stage.eval_scene.annotated_views[0]
+    adapted, _ = stage.class_scores(view)
+    assert not adapted.requires_grad
+    stage.adapter_at_inference = False
+    assert not torch.allclose(adapted, stage.class_scores(view)[0])
+
+
 def test_impossible_stage_2_settings_are_refused_before_stage_1(tiny_scene, tmp_path):
     import shutil
     root = tmp_path / "nolabels"

@@ -120,12 +120,12 @@ class SegmentationStage:
         """The rendered features ``[R, D]`` as compared with the text embeddings at query time."""
         return features
 
-    @torch.no_grad()
     def eval_rays(self, view: int, stride: int = 1) -> Tensor:
         """Rays ``[h, w, 6]`` of every ``stride``-th pixel (both axes) of an evaluation view, on the device."""
         scene = self.eval_scene
         return scene.rays(view).reshape(scene.height, scene.width, 6)[::stride, ::stride].to(self.device)
 
+    @torch.no_grad()
     def class_scores(self, view: int, stride: int = 1) -> tuple[Tensor, Tensor]:
         """Per-class scores ``[h, w, C]`` (argmax is the segmentation; here the cosine similarity of the rendered
         feature to each class, no temperature, §10) and the colour render ``[h, w, 3]`` of an evaluation view, at
