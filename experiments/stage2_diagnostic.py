@@ -41,6 +41,10 @@ def _cos(a: torch.Tensor, b: torch.Tensor) -> float:
     return round(float(F.cosine_similarity(a, b, dim=-1).mean()), 3)
 
 
+def _norm(a: torch.Tensor) -> float:
+    return round(float(a.norm(dim=-1).mean()), 2)
+
+
 @torch.no_grad()
 def adapter_statistics(stage) -> dict:
     """One fresh training batch through the adapter (eval mode: the statistics do not move)."""
@@ -50,9 +54,10 @@ def adapter_statistics(stage) -> dict:
     stage.adapter.eval()
     (c0, c1), (f0, f1) = stage.adapter(c), stage.adapter(f)
     stage.adapter.train()
-    branch_c, branch_f = c1 - 0.8 * c0, f1 - 0.8 * f0
-    return {"|c0|": round(float(c0.norm(dim=-1).mean()), 2), "|c'-0.8c0|": round(float(branch_c.norm(dim=-1).mean()), 2),
-            "|f|": round(float(f.norm(dim=-1).mean()), 2), "cos(c',c0)": _cos(c1, c0), "cos(f,c0)": _cos(f, c0),
+    keep = 1.0 - stage.adapter.ratio                        # the centred input's share of the output (0.8)
+    branch_c, branch_f = c1 - keep * c0, f1 - keep * f0
+    return {"|c0|": _norm(c0), "|c'-0.8c0|": _norm(branch_c), "|f|": _norm(f),
+            "cos(c',c0)": _cos(c1, c0), "cos(f,c0)": _cos(f, c0),
             "cos(f',c')": _cos(f1, c1), "cos(branches)": _cos(branch_c, branch_f),
             "cos(branch, its row mean)": _cos(branch_c, branch_c.mean(0, keepdim=True).expand_as(branch_c))}
 
