@@ -24,6 +24,7 @@ from laser.data.patches import PatchSampler
 from laser.data.scene import Scene
 from laser.data.scenes import load_scene
 from laser.errors import CheckpointError
+from laser.evaluation.tables import write_atomic
 from laser.language.text import TextEncoder, encode_scene_text
 from laser.training import checkpoint
 from laser.training.resources import PeakMemory
@@ -81,7 +82,7 @@ def fit(stage, run: Run, cfg: DictConfig, identity: dict, label: str) -> dict[st
 
     metrics = {**stage.evaluate(results.parent), **cost_columns(label, cost)}
     saved = json.loads(results.read_text())
-    results.write_text(json.dumps({**saved, "metrics": metrics}, indent=2))
+    write_atomic(results, json.dumps({**saved, "metrics": metrics}, indent=2))
     run.logger.log({f"{stage.name}/{k}": v for k, v in metrics.items()}, stage.n_iters)
     run.logger.log_images({f"{stage.name}/{p.stem}": iio.imread(p) for p in sorted(results.parent.glob("*.png"))},
                           stage.n_iters)

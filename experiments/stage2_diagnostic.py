@@ -51,9 +51,8 @@ def adapter_statistics(stage) -> dict:
     sample = stage.sampler.sample()
     c = stage.teacher(sample.batch).reshape(-1, stage.text.shape[1]).float().to(stage.device)
     f = stage.render(sample.rays.to(stage.device), train=True)["features"]
-    stage.adapter.eval()
-    (c0, c1), (f0, f1) = stage.adapter(c), stage.adapter(f)
-    stage.adapter.train()
+    with stage.evaluating():
+        (c0, c1), (f0, f1) = stage.adapter(c), stage.adapter(f)
     keep = 1.0 - stage.adapter.ratio                        # the centred input's share of the output (0.8)
     branch_c, branch_f = c1 - keep * c0, f1 - keep * f0
     return {"|c0|": _norm(c0), "|c'-0.8c0|": _norm(branch_c), "|f|": _norm(f),
@@ -65,15 +64,12 @@ def adapter_statistics(stage) -> dict:
 @torch.no_grad()
 def evaluate(stage, every: int) -> dict:
     scene = stage.eval_scene
-    for module in stage.modules().values():
-        module.eval()
     truths, scores, teacher_scores = [], [], []
-    for view in scene.annotated_views:
-        scores.append(stage.class_scores(view, stride=every)[0].cpu())
-        truths.append(scene.annotations[view][::every, ::every])
-        teacher_scores.append(stage.teacher.pixel_scores(view, mode="nearest")[::every, ::every])
-    for module in stage.modules().values():
-        module.train()
+    with stage.evaluating():
+        for view in scene.annotated_views:
+            scores.append(stage.class_scores(view, stride=every)[0].cpu())
+            truths.append(scene.annotations[view][::every, ::every])
+            teacher_scores.append(stage.teacher.pixel_scores(view, mode="nearest")[::every, ::every])
     result, teacher = segmentation_metrics(truths, scores), segmentation_metrics(truths, teacher_scores)
 
     def per_class(r: dict) -> dict:

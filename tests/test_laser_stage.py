@@ -69,6 +69,15 @@ def test_adapter_at_inference_and_bounded_branch(tiny_scene, tmp_path):
     view = stage.eval_scene.annotated_views[0]
     adapted, _ = stage.class_scores(view)
     assert not adapted.requires_grad
+    # Scoring through the adapter leaves its centring statistics and every module's training mode as they were,
+    # also when the scoring fails.
+    statistics = stage.adapter.mu_in.clone(), stage.adapter.mu_out.clone()
+    stage.evaluate(tmp_path / "again")
+    assert torch.equal(stage.adapter.mu_in, statistics[0]) and torch.equal(stage.adapter.mu_out, statistics[1])
+    with pytest.raises(RuntimeError, match="mid-evaluation"), stage.evaluating():
+        assert not any(module.training for module in stage.modules().values())
+        raise RuntimeError("mid-evaluation")
+    assert all(module.training for module in stage.modules().values())
     stage.adapter_at_inference = False
     assert not torch.allclose(adapted, stage.class_scores(view)[0])
 

@@ -12,6 +12,7 @@ import torch
 
 from laser.data.scene import Scene
 from laser.evaluation.metrics import psnr, ssim
+from laser.evaluation.tables import write_atomic
 from laser.fields.base import RadianceField
 from laser.fields.tensorf import log_spaced_voxels
 from laser.rendering import render_in_chunks, render_rays, samples_per_ray
@@ -130,7 +131,8 @@ class Reconstruction:
             iio.imwrite(out_dir / f"depth_{view:03d}.png", depth_to_uint8(out["depth"]))
         metrics = {"test_psnr": float(np.mean([s[0] for s in scores])),
                    "test_ssim": float(np.mean([s[1] for s in scores]))}
-        (out_dir / "metrics.json").write_text(json.dumps({"metrics": metrics, "views": self.scene.test_views}, indent=2))
+        write_atomic(out_dir / "metrics.json",
+                     json.dumps({"metrics": metrics, "views": self.scene.test_views}, indent=2))
         return metrics
 
     def state_dict(self) -> dict:

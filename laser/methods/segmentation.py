@@ -9,6 +9,8 @@ learning rates reset); every learning rate decays by ``lr_decay_ratio`` over ``n
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import torch
@@ -19,6 +21,7 @@ from laser.data.scene import Scene
 from laser.evaluation.metrics import segmentation_metrics
 from laser.evaluation.pictures import (class_palette, legend, relevancy_map, save_png, segmentation_overlay,
                                       with_legend)
+from laser.evaluation.tables import write_atomic
 from laser.fields.base import RadianceField
 from laser.language.teachers.base import Teacher
 from laser.language.text import SceneText
@@ -120,6 +123,19 @@ class SegmentationStage:
         """The rendered features ``[R, D]`` as compared with the text embeddings at query time."""
         return features
 
+    @contextmanager
+    def evaluating(self) -> Iterator[None]:
+        """The method's modules in eval mode for the block, each back in its previous mode after it (even on error):
+        the adapter's centring statistics must not move while views are scored."""
+        modes = {name: module.training for name, module in self.modules().items()}
+        for module in self.modules().values():
+            module.eval()
+        try:
+            yield
+        finally:
+            for name, module in self.modules().items():
+                module.train(modes[name])
+
     def eval_rays(self, view: int, stride: int = 1) -> Tensor:
         """Rays ``[h, w, 6]`` of every ``stride``-th pixel (both axes) of an evaluation view, on the device."""
         scene = self.eval_scene
@@ -139,29 +155,28 @@ class SegmentationStage:
         """3D-OVS metrics on the annotated views (§11); overlays with a legend and per-class relevancy maps
         (colour-mapped per map) in ``out_dir``."""
         out_dir = Path(out_dir)
-        for module in self.modules().values():
-            module.eval()
+        out_dir.mkdir(parents=True, exist_ok=True)
         views = self.eval_scene.annotated_views
         palette = class_palette(len(self.eval_scene.classes))
         key = legend(self.eval_scene.classes, palette)
         truths, scores = [], []
-        for view in views:
-            score, rgb = self.class_scores(view)
-            scores.append(score.cpu())
-            truths.append(self.eval_scene.annotations[view])
-            save_png(out_dir / f"segmentation_{view:03d}.png",
-                     with_legend(segmentation_overlay(rgb.cpu(), score.argmax(-1).cpu(), palette), key))
-            for index, name in enumerate(self.eval_scene.classes):
-                save_png(out_dir / "relevancy" / f"{view:03d}_{name}.png", relevancy_map(score[..., index].cpu()))
-        for module in self.modules().values():
-            module.train()
+        with self.evaluating():
+            for view in views:
+                score, rgb = self.class_scores(view)
+                scores.append(score.cpu())
+                truths.append(self.eval_scene.annotations[view])
+                save_png(out_dir / f"segmentation_{view:03d}.png",
+                         with_legend(segmentation_overlay(rgb.cpu(), score.argmax(-1).cpu(), palette), key))
+                for index, name in enumerate(self.eval_scene.classes):
+                    save_png(out_dir / "relevancy" / f"{view:03d}_{name}.png",
+                             relevancy_map(score[..., index].cpu()))
         result = segmentation_metrics(truths, scores)
         # The teacher's stored bytes ride along: the comparison tables set them beside the scores.
         metrics = {"miou": result["miou"], "accuracy": result["accuracy"],
                    "feature_bytes": self.teacher.stored_bytes()}
-        (out_dir / "metrics.json").write_text(json.dumps({"metrics": metrics, "views": views,
-                                                          "classes": self.eval_scene.classes,
-                                                          "per_view_iou": result["per_view_iou"]}, indent=2))
+        write_atomic(out_dir / "metrics.json", json.dumps({"metrics": metrics, "views": views,
+                                                           "classes": self.eval_scene.classes,
+                                                           "per_view_iou": result["per_view_iou"]}, indent=2))
         return metrics
 
     # --- checkpoints ---------------------------------------------------------------------------------------------
