@@ -147,7 +147,7 @@ class SegmentationStage:
         feature to each class, no temperature, §10) and the colour render ``[h, w, 3]`` of an evaluation view, at
         every ``stride``-th pixel (1: the full view; more for quick looks during experiments)."""
         rays = self.eval_rays(view, stride)
-        out = render_in_chunks(lambda r: self.render(r), rays.reshape(-1, 6), self.chunk, keys=("features", "rgb"))
+        out = render_in_chunks(self.render, rays.reshape(-1, 6), self.chunk, keys=("features", "rgb"))
         scores = F.normalize(self.query_features(out["features"]), dim=-1) @ self.text.T
         return scores.reshape(*rays.shape[:2], -1), out["rgb"].reshape(*rays.shape[:2], 3)
 
