@@ -24,7 +24,6 @@ from laser.data.patches import PatchSampler
 from laser.data.scene import Scene
 from laser.data.scenes import load_scene
 from laser.errors import CheckpointError
-from laser.evaluation.tables import write_atomic
 from laser.language.text import TextEncoder, encode_scene_text
 from laser.training import checkpoint
 from laser.training.resources import PeakMemory
@@ -80,9 +79,7 @@ def fit(stage, run: Run, cfg: DictConfig, identity: dict, label: str) -> dict[st
             scores = stage.evaluate(run.dir / stage.name / f"step_{done}")
             run.logger.log({f"{stage.name}/{k}": v for k, v in scores.items()}, step)
 
-    metrics = {**stage.evaluate(results.parent), **cost_columns(label, cost)}
-    saved = json.loads(results.read_text())
-    write_atomic(results, json.dumps({**saved, "metrics": metrics}, indent=2))
+    metrics = stage.evaluate(results.parent, extra=cost_columns(label, cost))
     run.logger.log({f"{stage.name}/{k}": v for k, v in metrics.items()}, stage.n_iters)
     run.logger.log_images({f"{stage.name}/{p.stem}": iio.imread(p) for p in sorted(results.parent.glob("*.png"))},
                           stage.n_iters)

@@ -118,8 +118,9 @@ class Reconstruction:
         h, w = self.scene.height, self.scene.width
         return {k: v.reshape(h, w, -1).squeeze(-1) for k, v in out.items()}
 
-    def evaluate(self, out_dir: str | Path) -> dict[str, float]:
-        """Render the test views into ``out_dir`` (colour and depth PNGs) and return mean PSNR and SSIM."""
+    def evaluate(self, out_dir: str | Path, extra: dict[str, float] | None = None) -> dict[str, float]:
+        """Render the test views into ``out_dir`` (colour and depth PNGs) and return mean PSNR and SSIM, with the
+        ``extra`` columns (the training cost) joined; all of it goes to ``metrics.json``, written once."""
         out_dir = Path(out_dir)
         out_dir.mkdir(parents=True, exist_ok=True)
         scores = []
@@ -130,7 +131,7 @@ class Reconstruction:
             iio.imwrite(out_dir / f"rgb_{view:03d}.png", to_uint8(out["rgb"]))
             iio.imwrite(out_dir / f"depth_{view:03d}.png", depth_to_uint8(out["depth"]))
         metrics = {"test_psnr": float(np.mean([s[0] for s in scores])),
-                   "test_ssim": float(np.mean([s[1] for s in scores]))}
+                   "test_ssim": float(np.mean([s[1] for s in scores])), **(extra or {})}
         write_atomic(out_dir / "metrics.json",
                      json.dumps({"metrics": metrics, "views": self.scene.test_views}, indent=2))
         return metrics

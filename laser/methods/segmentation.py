@@ -151,9 +151,10 @@ class SegmentationStage:
         scores = F.normalize(self.query_features(out["features"]), dim=-1) @ self.text.T
         return scores.reshape(*rays.shape[:2], -1), out["rgb"].reshape(*rays.shape[:2], 3)
 
-    def evaluate(self, out_dir: str | Path) -> dict[str, float]:
+    def evaluate(self, out_dir: str | Path, extra: dict[str, float] | None = None) -> dict[str, float]:
         """3D-OVS metrics on the annotated views (§11); overlays with a legend and per-class relevancy maps
-        (colour-mapped per map) in ``out_dir``."""
+        (colour-mapped per map) in ``out_dir``. ``extra`` columns (the training cost) join the metrics, returned and
+        in ``metrics.json``, which is written once."""
         out_dir = Path(out_dir)
         out_dir.mkdir(parents=True, exist_ok=True)
         views = self.eval_scene.annotated_views
@@ -173,7 +174,7 @@ class SegmentationStage:
         result = segmentation_metrics(truths, scores)
         # The teacher's stored bytes ride along: the comparison tables set them beside the scores.
         metrics = {"miou": result["miou"], "accuracy": result["accuracy"],
-                   "feature_bytes": self.teacher.stored_bytes()}
+                   "feature_bytes": self.teacher.stored_bytes(), **(extra or {})}
         write_atomic(out_dir / "metrics.json", json.dumps({"metrics": metrics, "views": views,
                                                            "classes": self.eval_scene.classes,
                                                            "per_view_iou": result["per_view_iou"]}, indent=2))
