@@ -13,6 +13,7 @@ sweep, ``<out>/miou_by_scene.*`` has one row per configuration and one column pe
 from __future__ import annotations
 
 import json
+import sys
 from pathlib import Path
 
 import laser  # noqa: F401  (makes torchvision importable on CPU torch before anything imports it)
@@ -21,10 +22,11 @@ import torch
 from hydra.utils import get_class
 from omegaconf import DictConfig, OmegaConf
 
-import train
-from laser.errors import CheckpointError
+from laser.errors import CheckpointError, LaserError
 from laser.evaluation.tables import pivot, write_tables
 from laser.training import checkpoint
+from laser.training.build import build_reconstruction, build_segmentation, prepare_segmentation
+from laser.training.loop import cost_columns
 from laser.training.loggers import Logger
 from laser.training.run import Run, resolve_device
 
@@ -55,17 +57,17 @@ def evaluate_run(folder: Path, out: Path, device) -> dict:
     training cost recorded in each checkpoint joins the row."""
     cfg = OmegaConf.load(folder / ".hydra" / "config.yaml")
     run = Run(dir=folder, device=device, logger=Logger())
-    reconstruction, identity = train.build_reconstruction(cfg, device)
+    reconstruction, identity = build_reconstruction(cfg, device)
     saved = checkpoint.restore_stage(reconstruction, run.checkpoint_path(reconstruction.name), identity)
     row = {"scene": cfg.scene.name, "step": saved["step"], **reconstruction.evaluate(out / reconstruction.name),
-           **train.cost_columns("stage1", saved["cost"])}
+           **cost_columns("stage1", saved["cost"])}
     path = run.checkpoint_path(get_class(cfg.model._target_).name)
     if reconstruction.scene.classes and path.is_file():
-        prepared = train.prepare_segmentation(cfg, reconstruction.scene)
-        segmentation, identity = train.build_segmentation(cfg, prepared, reconstruction.field, device)
+        prepared = prepare_segmentation(cfg, reconstruction.scene)
+        segmentation, identity = build_segmentation(cfg, prepared, reconstruction.field, device)
         saved = checkpoint.restore_stage(segmentation, path, identity)
         row.update({"method": segmentation.name, **segmentation.evaluate(out / segmentation.name),
-                    **train.cost_columns("stage2", saved["cost"])})
+                    **cost_columns("stage2", saved["cost"])})
     return row
 
 
@@ -82,7 +84,8 @@ def recorded_run(folder: Path) -> dict:
                 row["method"] = method
             row.update(json.loads(path.read_text())["metrics"])
     if len(row) == 1:
-        raise CheckpointError(folder, "no recorded metrics (reconstruction/test/metrics.json); evaluate with render=true")
+        raise CheckpointError(folder, "no recorded metrics (reconstruction/test/metrics.json); evaluate with "
+                                      "render=true")
     return row
 
 
@@ -91,8 +94,8 @@ def configuration(label: str) -> str:
     return ",".join(o for o in label.split(",") if not o.startswith("scene=")) or "default"
 
 
-@hydra.main(version_base=None, config_path="conf", config_name="eval")
-def main(cfg: DictConfig) -> None:
+def evaluate_all(cfg: DictConfig) -> None:
+    """Evaluate (or tabulate) every run at or below ``cfg.run`` and write the tables."""
     root, out = Path(cfg.run), Path(cfg.out)
     device = resolve_device(cfg.device)
     rows = []
@@ -103,6 +106,14 @@ def main(cfg: DictConfig) -> None:
     if len(rows) > 1 and "miou" in rows[0]:
         table = pivot([{**r, "configuration": configuration(r["run"])} for r in rows], "configuration", "scene", "miou")
         print(write_tables(table, out, name="miou_by_scene", with_mean=False), end="")
+
+
+@hydra.main(version_base=None, config_path="conf", config_name="eval")
+def main(cfg: DictConfig) -> None:
+    try:
+        evaluate_all(cfg)
+    except LaserError as err:          # a message that says what to do needs no traceback
+        sys.exit(f"error: {err}")
 
 
 if __name__ == "__main__":

@@ -21,7 +21,7 @@ setup(
         "tqdm>=4.60",
     ],
     extras_require={
-        "test": ["pytest>=8.0", "scikit-learn>=1.3"],
+        "test": ["pytest>=8.0", "scikit-learn>=1.3", "ruff>=0.5"],
         "video": ["imageio[ffmpeg]"],
         "slurm": ["hydra-submitit-launcher>=1.2"],
     },

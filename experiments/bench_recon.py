@@ -32,7 +32,8 @@ def run_one(scene: str, overrides: list[str]) -> dict:
     import torch
     from hydra import compose, initialize_config_dir
 
-    import train
+    from laser.training.build import build_reconstruction
+    from laser.training.loop import fit
     from laser.training.run import setup_run
 
     with initialize_config_dir(config_dir=str(REPO / "conf"), version_base=None):
@@ -41,15 +42,15 @@ def run_one(scene: str, overrides: list[str]) -> dict:
     with tempfile.TemporaryDirectory() as run_dir:
         run = setup_run(cfg, run_dir)
         start = time.perf_counter()
-        stage, identity = train.build_reconstruction(cfg, run.device)
+        stage, identity = build_reconstruction(cfg, run.device)
         setup = time.perf_counter() - start
         step_fn, train_time = stage.evaluate, {}
 
-        def timed_evaluate(out_dir):                    # split training from the final test render
+        def timed_evaluate(out_dir, extra=None):        # split training from the final test render
             train_time["s"] = time.perf_counter() - start - setup
-            return step_fn(out_dir)
+            return step_fn(out_dir, extra)
         stage.evaluate = timed_evaluate
-        metrics = train.fit(stage, run, cfg, identity, "stage1")
+        metrics = fit(stage, run, cfg, identity, "stage1")
         total = time.perf_counter() - start
     peak = (torch.cuda.max_memory_allocated() / 2**20 if torch.cuda.is_available()
             else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
@@ -73,7 +74,8 @@ def main() -> None:
         print(json.dumps(run_one(args.scenes[0], args.set)), flush=True)
         return
     for scene in args.scenes:
-        command = [sys.executable, __file__, "--worker", "--scenes", scene, "--set", *PROFILES.get(scene, []), *args.set]
+        command = [sys.executable, __file__, "--worker", "--scenes", scene, "--set", *PROFILES.get(scene, []),
+                   *args.set]
         out = subprocess.run(command, cwd=REPO, capture_output=True, text=True)
         if out.returncode != 0:
             print(json.dumps({"scene": scene, "error": out.stderr.strip().splitlines()[-1:]}), flush=True)

@@ -44,8 +44,8 @@ def main() -> None:
     import torch
     from hydra import compose, initialize_config_dir
 
-    import train
     from laser.training import checkpoint
+    from laser.training.build import build_reconstruction, build_segmentation, prepare_segmentation
     from laser.training.run import resolve_device
 
     device = resolve_device(args.device)
@@ -54,13 +54,13 @@ def main() -> None:
     with initialize_config_dir(config_dir=str(REPO / "conf"), version_base=None):
         cfg = compose("train", overrides=[
             "logger=none", "scene.root=data/synthetic_512", "+scene.generate.width=512", "+scene.generate.height=384",
-            "scene.laser.patch_size=256", "scene.laser.patch_num=8", "scene.laser.n_samples=482",
-            "scene.laser.ltqa_dim=48", f"scene.laser.n_iters={3 * per_phase}",
-            f"scene.laser.joint_start_iter={per_phase}", f"scene.laser.cross_start_iter={2 * per_phase - 1}"])
-    reconstruction, _ = train.build_reconstruction(cfg, device)
+            "model.supervision.patch_size=256", "model.supervision.patch_num=8", "model.rendering.n_samples=482",
+            "model.ltqa.dim=48", f"model.schedule.n_iters={3 * per_phase}",
+            f"model.schedule.joint_start_iter={per_phase}", f"model.cross_start_iter={2 * per_phase - 1}"])
+    reconstruction, _ = build_reconstruction(cfg, device)
     reconstruction.load_state_dict(checkpoint.load(path)["stage"])
-    prepared = train.prepare_segmentation(cfg, reconstruction.scene)
-    stage, _ = train.build_segmentation(cfg, prepared, reconstruction.field, device)
+    prepared = prepare_segmentation(cfg, reconstruction.scene)
+    stage, _ = build_segmentation(cfg, prepared, reconstruction.field, device)
 
     phases = {}
     for phase in ("semantic_only", "joint", "joint_cross"):
@@ -76,8 +76,8 @@ def main() -> None:
             times.append(time.perf_counter() - tic)
         phases[phase] = round(sum(times[1:]) / args.steps, 3)           # the first step of a phase warms up
     peak = (torch.cuda.max_memory_allocated() / 2**20 if device.type == "cuda" else None)
-    print(json.dumps({"s_per_step": phases, "rays_per_step": 8 * 16 * 16, "n_samples": 482,
-                      "device": torch.cuda.get_device_name() if device.type == "cuda" else platform.processor() or "cpu",
+    name = torch.cuda.get_device_name() if device.type == "cuda" else platform.processor() or "cpu"
+    print(json.dumps({"s_per_step": phases, "rays_per_step": 8 * 16 * 16, "n_samples": 482, "device": name,
                       "threads": torch.get_num_threads(), "cuda_peak_mb": peak, "stage1": str(path.relative_to(REPO)),
                       "torch": torch.__version__}))
 

@@ -27,9 +27,9 @@ import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 from hydra import compose, initialize_config_dir  # noqa: E402
 
-import train  # noqa: E402
 from laser.data.scenes import load_scene  # noqa: E402
 from laser.evaluation.metrics import segmentation_metrics  # noqa: E402
+from laser.training.build import prepare_segmentation  # noqa: E402
 
 
 def box_scores(shares: torch.Tensor, text: torch.Tensor, size: int) -> torch.Tensor:
@@ -44,8 +44,8 @@ def box_scores(shares: torch.Tensor, text: torch.Tensor, size: int) -> torch.Ten
 def main() -> None:
     with initialize_config_dir(config_dir=os.path.join(ROOT, "conf"), version_base=None):
         cfg = compose("train", overrides=["logger=none", *sys.argv[1:]])
-    prepared = train.prepare_segmentation(cfg, load_scene(cfg.scene, cfg.scene.downsample.reconstruction))
-    scene, text, teacher = prepared["eval_scene"], prepared["text"].embeddings, prepared["teacher"]
+    prepared = prepare_segmentation(cfg, load_scene(cfg.scene, cfg.scene.downsample.reconstruction))
+    scene, text, teacher = prepared.eval_scene, prepared.text.embeddings, prepared.teacher
     classes, views = scene.classes, scene.annotated_views
     truths = [scene.annotations[v] for v in views]
     one_hot = (scene.labels[:, None] == torch.arange(len(classes))[None, :, None, None]).float()    # [V, C, H, W]

@@ -1,6 +1,6 @@
 """The oracle teacher's own 2D argmax mIoU in its ``ovs3d`` (crop pyramid) form on the default synthetic scene.
 
-The teacher is configured as ``train.py model=ovs3d`` configures it (oracle, ``ovs3d`` form, the scene's pyramid
+The teacher is configured as ``train.py model=ovs3d`` configures it (the oracle's per-pixel pyramid, the scene's pyramid
 downsampling) with the tiny CLIP's text embeddings. Per annotated view: the maps averaged over the scales, cosine
 similarity to each class text embedding, bilinearly upsampled to the image, argmax; 3D-OVS metrics (LASER.md §11).
 Prints one JSON line per seed.

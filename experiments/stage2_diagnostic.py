@@ -1,6 +1,6 @@
 """Stage-2 diagnostic: train a stage 2 from a trained stage 1 and evaluate it quickly at chosen steps.
 
-The run is built as ``train.py`` builds it (same config, same overrides, any ``model=``); stage 1 is loaded
+The run is built and stepped as ``train.py`` does (same config, same overrides, any ``model=``); stage 1 is loaded
 from a checkpoint (``runs/stages/...`` after any ``train.py`` run on the scene). At each requested step the
 annotated views are scored at every ``--every``-th pixel (the stage's own ``class_scores``) with the 3D-OVS
 metrics (LASER.md §11); per-class IoU is printed beside the teacher's own (its full-image tokens,
@@ -31,9 +31,9 @@ import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 from hydra import compose, initialize_config_dir  # noqa: E402
 
-import train  # noqa: E402
 from laser.evaluation.metrics import segmentation_metrics  # noqa: E402
 from laser.training import checkpoint  # noqa: E402
+from laser.training.build import build_reconstruction, build_segmentation, prepare_segmentation  # noqa: E402
 from laser.training.run import resolve_device, seed_everything  # noqa: E402
 
 
@@ -46,13 +46,13 @@ def _norm(a: torch.Tensor) -> float:
 
 
 @torch.no_grad()
-def adapter_statistics(stage) -> dict:
-    """One fresh training batch through the adapter (eval mode: the statistics do not move)."""
-    sample = stage.sampler.sample()
-    c = stage.teacher(sample.batch).reshape(-1, stage.text.shape[1]).float().to(stage.device)
-    f = stage.render(sample.rays.to(stage.device), train=True)["features"]
+def adapter_statistics(stage, step: int) -> dict:
+    """One fresh training batch through the stage's own step path (its supervision and ``outputs``), in eval mode:
+    the adapter's statistics do not move."""
     with stage.evaluating():
-        (c0, c1), (f0, f1) = stage.adapter(c), stage.adapter(f)
+        out = stage.outputs(stage.supervision.sample(stage.teacher), step)
+        c0, c1, f = out["c0"], out["c1"], out["features"]
+        f0, f1 = (out["f0"], out["f1"]) if "f0" in out else stage.adapter(f)
     keep = 1.0 - stage.adapter.ratio                        # the centred input's share of the output (0.8)
     branch_c, branch_f = c1 - keep * c0, f1 - keep * f0
     return {"|c0|": _norm(c0), "|c'-0.8c0|": _norm(branch_c), "|f|": _norm(f),
@@ -91,10 +91,9 @@ def main() -> None:
         cfg = compose("train", overrides=["logger=none", *args.overrides])
     seed_everything(cfg.seed)
     device = resolve_device(cfg.device)
-    reconstruction, identity = train.build_reconstruction(cfg, device)
+    reconstruction, identity = build_reconstruction(cfg, device)
     checkpoint.restore_stage(reconstruction, args.stage1, identity)
-    stage, _ = train.build_segmentation(cfg, train.prepare_segmentation(cfg, reconstruction.scene),
-                                        reconstruction.field, device)
+    stage, _ = build_segmentation(cfg, prepare_segmentation(cfg, reconstruction.scene), reconstruction.field, device)
     done, train_s, losses = 0, 0.0, {}
     for target in sorted(int(s) for s in args.steps.split(",")):
         start = time.perf_counter()
@@ -105,7 +104,7 @@ def main() -> None:
         line = {"step": done, "train_s": round(train_s, 1), **evaluate(stage, args.every),
                 "losses": {k: round(v, 3) for k, v in losses.items()}}
         if getattr(stage, "adapter", None) is not None:
-            line["adapter"] = adapter_statistics(stage)
+            line["adapter"] = adapter_statistics(stage, done)
         print(json.dumps(line), flush=True)
 
 

@@ -12,7 +12,10 @@ from test_train import TINY
 
 REPO = Path(__file__).resolve().parents[1]
 VARIANTS = ["full", "no_adapter", "no_self_cross", "no_ltqa", "no_label_volume", "no_text_augmentation", "plain"]
-COMPONENTS = ["adapter", "ltqa", "label_volume", "text_augmentation"]            # all off in "plain"
+OFF = {"full": ({}, set()), "no_adapter": ({"adapter"}, {"self_feature", "aug"}), "no_self_cross": (set(), set()),
+       "no_ltqa": ({"ltqa"}, set()), "no_label_volume": ({"label_volume"}, {"relevancy"}),
+       "no_text_augmentation": (set(), {"aug"}),
+       "plain": ({"adapter", "ltqa", "label_volume"}, {"self_feature", "aug", "relevancy"})}   # (parts, losses) off
 
 
 def test_ablation_experiment_sweeps_every_variant():
@@ -21,10 +24,10 @@ def test_ablation_experiment_sweeps_every_variant():
         assert cfg.hydra.sweeper.params["+ablation"].split(",") == VARIANTS
         for variant in VARIANTS:
             model = compose("train", overrides=[f"+ablation={variant}"]).model
-            switches = {k: v for k, v in model.items() if k.startswith("use_")}
-            off = [k for k, v in switches.items() if not v]
-            expected = {"full": [], "plain": COMPONENTS}.get(variant, [variant[3:]])
-            assert sorted(off) == sorted(f"use_{name}" for name in expected)
+            parts, losses = OFF[variant]
+            assert {k for k in ("adapter", "ltqa", "label_volume") if model[k] is None} == set(parts)
+            assert {k for k, v in model.losses.items() if v is None} == losses
+            assert (model.cross_start_iter is None) == (variant == "no_self_cross")
 
 
 def test_ablation_sweep_trains_stage_one_once_and_tabulates(tiny_scene, tmp_path):

@@ -9,7 +9,7 @@ from hydra.utils import instantiate
 from omegaconf import OmegaConf
 
 from laser.language.cache import FeatureCache
-from laser.language.teachers.base import PatchBatch
+from laser.data.patches import PatchBatch
 from test_language_oracle import make_scene
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -58,7 +58,7 @@ def test_interrupted_build_keeps_the_previous_cache(tmp_path):
 
 
 def test_dense_teacher_reads_crops_from_the_cache(tmp_path):
-    config = OmegaConf.load(os.path.join(os.path.dirname(__file__), "..", "conf", "teacher", "dense_clip.yaml"))
+    config = OmegaConf.load(os.path.join(os.path.dirname(__file__), "..", "conf", "teacher", "clip", "laser.yaml"))
     config.clip = OmegaConf.load(os.path.join(os.path.dirname(__file__), "..", "conf", "clip", "tiny.yaml"))
     config.cache_dir, config.window, config.stride = str(tmp_path), 64, 32
     teacher = instantiate(config)

@@ -4,8 +4,10 @@ import pytest
 import torch
 
 from laser.data.scene import Scene
-from laser.language.teachers.base import PatchBatch
-from laser.language.teachers.oracle import OracleTeacher, degrade, draw_confusion, most_similar_other
+from laser.data.patches import PatchBatch
+from laser.language.teachers.base import PixelPyramidTeacher, ScalePyramidTeacher, TokenTeacher
+from laser.language.teachers.oracle import (OraclePixelPyramid, OracleScalePyramid, OracleTeacher, degrade,
+                                           draw_confusion, most_similar_other)
 
 
 def block_labels(views=3, height=128, width=160):
@@ -108,7 +110,7 @@ def test_noise_has_the_configured_norm():
 
 def test_pyramid_crop_embedding_is_the_class_share_mix():
     scene, t = make_scene(block_labels(views=2)), text(dim=32)
-    teacher = OracleTeacher(form="ovs3d", object_share=0.0, view_share=0.0, noise_std=0.0)
+    teacher = OraclePixelPyramid(object_share=0.0, view_share=0.0, noise_std=0.0)
     teacher.prepare(scene, t)
     # Rows 56..79 x cols 72..87: 8 rows above the class 0/1 | 2/3 border at 64, 16 below; 8 columns each side of 80.
     # The bottom 8 rows of view 0 are unlabelled: they dilute the crop (a zero embedding), 128 of its 256 pixels.
@@ -116,7 +118,7 @@ def test_pyramid_crop_embedding_is_the_class_share_mix():
     embed = teacher.crop_embedder(scene, 0)
     torch.testing.assert_close(embed([(56, 72, 80, 88), (112, 0, 128, 16)]), expected)
     # With a downsampled pyramid a box is in pyramid pixels: (28, 36, 40, 44) is the first box above at x2.
-    half = OracleTeacher(form="ovs3d", object_share=0.0, view_share=0.0, noise_std=0.0, image_downsample=2)
+    half = OraclePixelPyramid(object_share=0.0, view_share=0.0, noise_std=0.0, image_downsample=2)
     half.prepare(scene, t)
     torch.testing.assert_close(half.crop_embedder(scene, 0)([(28, 36, 40, 44)]), expected[:1])
     assert half.maps(0).shape == (3, 32, 64, 80)
@@ -128,10 +130,10 @@ def test_pyramid_crop_embedding_is_the_class_share_mix():
 
 def test_pyramid_crops_use_the_confused_maps_and_are_noisy():
     scene, t = make_scene(block_labels(views=2)), text(dim=32)
-    confused = OracleTeacher(form="ovs3d", object_share=1.0, object_view_prob=1.0, noise_std=0.0)
+    confused = OraclePixelPyramid(object_share=1.0, object_view_prob=1.0, noise_std=0.0)
     confused.prepare(scene, t)
     torch.testing.assert_close(confused.maps(1)[:, :, 0, 0], t[most_similar_other(t)[0]].expand(3, 32))
-    noisy = OracleTeacher(form="ovs3d", object_share=0.0, view_share=0.0, noise_std=2.0)
+    noisy = OraclePixelPyramid(object_share=0.0, view_share=0.0, noise_std=2.0)
     noisy.prepare(scene, t)
     noise = noisy.crop_embedder(scene, 1)([(0, 0, 32, 32)] * 200) - t[0]
     assert abs(noise.norm(dim=-1).mean().item() - 2.0) < 0.1
@@ -139,7 +141,7 @@ def test_pyramid_crops_use_the_confused_maps_and_are_noisy():
 
 
 def test_lerf_query_on_the_oracle_interpolates_class_mixes():
-    teacher = OracleTeacher(form="lerf", object_share=0.0, view_share=0.0, noise_std=0.0, num_layers=2,
+    teacher = OracleScalePyramid(object_share=0.0, view_share=0.0, noise_std=0.0, num_layers=2,
                             scale_min=0.125, scale_max=0.25, overlap=0.5)
     t = text(dim=32)
     teacher.prepare(make_scene(block_labels(views=2)), t)
@@ -150,25 +152,25 @@ def test_lerf_query_on_the_oracle_interpolates_class_mixes():
     torch.testing.assert_close(value, (11 * t[0] + 5 * t[1])[None] / 16)
 
 
-def test_forms_are_validated():
-    with pytest.raises(ValueError, match="form must be one of"):
-        OracleTeacher(form="pyramid")
-    teacher = OracleTeacher(form="dense")
+def test_each_oracle_offers_one_interface_and_validates_its_geometry():
+    teacher = OracleTeacher()
     teacher.prepare(make_scene(block_labels(views=2)), text(dim=32))
-    assert teacher.pyramids == []                                     # the dense form builds no pyramid
-    with pytest.raises(ValueError, match="needs form=ovs3d"):
-        teacher.maps(0)
-    with pytest.raises(ValueError, match="needs form=lerf"):
-        OracleTeacher(form="ovs3d").query(0, torch.zeros(1, 2), torch.zeros(1))
+    assert isinstance(teacher, TokenTeacher) and not hasattr(teacher, "pyramids")   # token grids build no pyramid
+    assert isinstance(OraclePixelPyramid(), PixelPyramidTeacher) and not isinstance(OraclePixelPyramid(), TokenTeacher)
+    assert isinstance(OracleScalePyramid(), ScalePyramidTeacher)
+    with pytest.raises(TypeError):
+        OracleTeacher(divisors=(5, 7, 10))                            # no geometry: a token grid has no pyramid
     with pytest.raises(ValueError, match="positive integer"):
-        OracleTeacher(form="ovs3d", image_downsample=1.5)
+        OraclePixelPyramid(image_downsample=1.5)
+    with pytest.raises(ValueError, match="scale_min <= scale_max"):
+        OracleScalePyramid(scale_min=0.6, scale_max=0.5)
 
 
 def test_token_norm_scales_tokens_and_crops_noise_included():
     scene, t = make_scene(block_labels(views=2)), text(dim=32)
-    for form, read in (("dense", lambda teacher: teacher.full_image(1)),
-                       ("ovs3d", lambda teacher: teacher.crop_embedder(scene, 1)([(0, 0, 32, 32)] * 50))):
-        unit, scaled = (OracleTeacher(form=form, noise_std=1.0, token_norm=norm, seed=3) for norm in (1.0, 10.0))
+    for kind, read in ((OracleTeacher, lambda teacher: teacher.full_image(1)),
+                       (OraclePixelPyramid, lambda teacher: teacher.crop_embedder(scene, 1)([(0, 0, 32, 32)] * 50))):
+        unit, scaled = (kind(noise_std=1.0, token_norm=norm, seed=3) for norm in (1.0, 10.0))
         unit.prepare(scene, t)
         scaled.prepare(scene, t)
         torch.testing.assert_close(read(scaled), 10.0 * read(unit))

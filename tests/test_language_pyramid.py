@@ -7,10 +7,10 @@ import torch
 from hydra.utils import instantiate
 from omegaconf import OmegaConf
 
-from laser.language.teachers.base import PatchBatch
+from laser.data.patches import PatchBatch
 from laser.language.teachers.pyramid import (LerfLayer, bilinear_layer, lerf_layer_geometry, ovs3d_boxes, paint,
                                             query_layers)
-from laser.language.teachers.pyramid_clip import PyramidClipTeacher
+from laser.language.teachers.pyramid_clip import PixelPyramidClip, ScalePyramidClip
 from test_language_oracle import make_scene
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -71,21 +71,18 @@ def test_bilinear_and_trilinear_against_hand_computation():
 
 def test_pyramid_teacher_forms(clip):
     scene = make_scene(torch.zeros(1, 32, 48, dtype=torch.long))
-    ovs = PyramidClipTeacher(clip, form="ovs3d", divisors=(2, 3, 4), stride_fraction=0.5, batch_size=256)
+    ovs = PixelPyramidClip(clip, divisors=(2, 3, 4), stride_fraction=0.5, batch_size=256)
     ovs.prepare(scene, torch.zeros(4, 512))
     assert ovs.maps(0).shape == (3, 512, 32, 48) and ovs.stored_bytes() == 3 * 512 * 32 * 48 * 4
     batch = PatchBatch(images=torch.rand(1, 16, 16, 3), views=torch.tensor([0]), top_left=torch.tensor([[16, 16]]))
     expected = ovs.maps(0)[:, :, 16:32, 16:32].mean(dim=(0, 2, 3))
     torch.testing.assert_close(ovs(batch)[0, 0, 0], expected)
 
-    lerf = PyramidClipTeacher(clip, form="lerf", num_layers=3, scale_min=0.25, scale_max=0.75, batch_size=256)
+    lerf = ScalePyramidClip(clip, num_layers=3, scale_min=0.25, scale_max=0.75, batch_size=256)
     lerf.prepare(scene, torch.zeros(4, 512))
     assert [layer.embeddings.shape[:2] for layer in lerf.pyramids[0]] == [(9, 13), (5, 7), (4, 5)]
     assert lerf.query(0, torch.tensor([[10.0, 20.0], [31.0, 47.0]]), torch.tensor([0.3, 0.6])).shape == (2, 512)
     # A 16-px crop of a 32-px-high image has scale 0.5: its token centre (24, 24) is crop (3, 3) of layer 2.
     torch.testing.assert_close(lerf(batch)[0, 0, 0], lerf.pyramids[0][1].embeddings[3, 3])
     assert lerf.stored_bytes() == (9 * 13 + 5 * 7 + 4 * 5) * 512 * 4
-    with pytest.raises(ValueError):
-        lerf.maps(0)
-    with pytest.raises(ValueError, match="form must be one of"):
-        PyramidClipTeacher(clip, form="dense")               # CLIP pyramids have no token-grid form
+    assert not hasattr(lerf, "maps") and not hasattr(ovs, "query")  # each pyramid offers its own reading

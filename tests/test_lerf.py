@@ -1,4 +1,4 @@
-"""LERF's stage 2 through train.py's loop on the tiny synthetic scene: pyramid CLIP teacher of the tiny random CLIP,
+"""LERF's stage 2 through the training loop on the tiny synthetic scene: pyramid CLIP teacher of the tiny random CLIP,
 a random tiny DINO, two query scales."""
 
 import io
@@ -11,19 +11,15 @@ import timm
 import torch
 from hydra import compose, initialize_config_dir
 
-import train
+from laser.language import dino as dino_module
 from laser.language.dino import DinoExtractor
-from laser.methods import lerf as lerf_module
+from laser.training.build import build_reconstruction, build_segmentation, prepare_segmentation
+from laser.training.loop import fit
 from laser.training.run import setup_run
 from test_laser_stage import STAGE1
+from test_regression import LERF  # two pyramid layers of large crops (3/4 and all of the image height)
 
 REPO = Path(__file__).resolve().parents[1]
-# Two pyramid layers of large crops (3/4 and all of the image height): 32 tiny-CLIP crops per view.
-LERF = ["model=lerf", "teacher=pyramid_clip", "clip=tiny", "teacher.num_layers=2", "teacher.scale_min=0.75",
-        "teacher.scale_max=1.0", "scene.lerf.n_iters=4", "scene.lerf.batch_size=64", "scene.lerf.n_samples=16",
-        "scene.lerf.n_levels=4", "scene.lerf.features_per_level=2", "scene.lerf.log2_hashmap_size=10",
-        "model.query_scales=2", "model.hidden_dim=32", "model.n_hidden=2", "model.dino_hidden_dim=16",
-        "model.dino_image_size=32", "model.min_views=2"]
 
 
 def config(root, *extra):
@@ -36,9 +32,9 @@ def stage1(tiny_scene, tmp_path_factory):
     """Stage 1 and the prepared teacher, shared by the tests: LERF leaves the field as it finds it (checked below)."""
     cfg = config(tiny_scene)
     run = setup_run(cfg, tmp_path_factory.mktemp("lerf") / "run")
-    reconstruction, identity = train.build_reconstruction(cfg, run.device)
-    train.fit(reconstruction, run, cfg, identity, "stage1")
-    return run, reconstruction.field, train.prepare_segmentation(cfg, reconstruction.scene)
+    reconstruction, identity = build_reconstruction(cfg, run.device)
+    fit(reconstruction, run, cfg, identity, "stage1")
+    return run, reconstruction.field, prepare_segmentation(cfg, reconstruction.scene)
 
 
 @pytest.fixture
@@ -47,17 +43,17 @@ def tiny_dino(monkeypatch):
     torch.manual_seed(0)
     vit = timm.create_model("vit_small_patch8_224", pretrained=False, num_classes=0, dynamic_img_size=True,
                             depth=2, embed_dim=32, num_heads=1)
-    monkeypatch.setattr(lerf_module, "load_dino", lambda path, model: DinoExtractor(vit))
+    monkeypatch.setattr(dino_module, "load_dino", lambda path, model: DinoExtractor(vit))
 
 
 def test_lerf_trains_frozen_field_and_evaluates(tiny_scene, stage1, tiny_dino):
     run, field, prepared = stage1
     cfg = config(tiny_scene)
-    stage, identity = train.build_segmentation(cfg, prepared, field, run.device)
+    stage, identity = build_segmentation(cfg, prepared, field, run.device)
     field_before = {k: v.clone() for k, v in stage.field.state_dict().items()}
     first = stage.train_step(0)
     assert set(first) == {"loss", "language", "dino"} and 0.0 <= first["language"] <= 2.0
-    metrics = train.fit(stage, run, cfg, identity, "stage2")
+    metrics = fit(stage, run, cfg, identity, "stage2")
     assert 0.0 <= metrics["miou"] <= 1.0 and 0.0 <= metrics["accuracy"] <= 1.0
     saved = json.loads((run.dir / "lerf/test/metrics.json").read_text())
     assert saved["views"] == sorted(stage.eval_scene.annotations)
@@ -71,15 +67,15 @@ def test_lerf_trains_frozen_field_and_evaluates(tiny_scene, stage1, tiny_dino):
 
 def test_lerf_resumes_bit_exactly_and_trains_without_dino(tiny_scene, stage1):
     run, field, prepared = stage1
-    cfg = config(tiny_scene, "model.use_dino=false", "model.backbone=appearance")
-    first, _ = train.build_segmentation(cfg, prepared, field, run.device)
+    cfg = config(tiny_scene, "model.supervision.use_dino=false", "model.language_field.backbone=appearance")
+    first, _ = build_segmentation(cfg, prepared, field, run.device)
     for step in range(2):
         assert set(first.train_step(step)) == {"loss", "language"}
     buffer = io.BytesIO()
     torch.save(first.state_dict(), buffer)
     buffer.seek(0)
     state = torch.load(buffer, weights_only=False)
-    second, _ = train.build_segmentation(cfg, prepared, field, run.device)
+    second, _ = build_segmentation(cfg, prepared, field, run.device)
     second.load_state_dict(state)
     assert first.train_step(2) == second.train_step(2)
     for a, b in zip(first.language.parameters(), second.language.parameters()):
@@ -92,6 +88,6 @@ def test_lerf_resumes_bit_exactly_and_trains_without_dino(tiny_scene, stage1):
 def test_bad_lerf_settings_are_refused(tiny_scene, stage1):
     run, field, prepared = stage1
     with pytest.raises(ValueError, match="scale_min <= scale_max"):
-        train.build_segmentation(config(tiny_scene, "model.scale_min=1.5"), prepared, field, run.device)
+        prepare_segmentation(config(tiny_scene, "teacher.scale_min=1.5"), prepared.scene)
     with pytest.raises(ValueError, match="backbone must be one of"):
-        train.build_segmentation(config(tiny_scene, "model.backbone=tensorf"), prepared, field, run.device)
+        build_segmentation(config(tiny_scene, "model.language_field.backbone=tensorf"), prepared, field, run.device)

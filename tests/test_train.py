@@ -1,4 +1,4 @@
-"""The training loop of train.py: end to end, resume equivalence, refusing foreign checkpoints."""
+"""The training loop and train.py / eval.py: end to end, resume equivalence, refusing foreign checkpoints."""
 
 import json
 import shutil
@@ -9,10 +9,12 @@ from pathlib import Path
 import pytest
 import torch
 from hydra import compose, initialize_config_dir
+from PIL import Image
 
-import train
 from laser.data.scenes import load_scene
-from laser.errors import CheckpointError, DataError
+from laser.errors import CheckpointError, ConfigError, DataError, NonFiniteError
+from laser.training.build import build_reconstruction
+from laser.training.loop import fit
 from laser.training.run import setup_run
 
 REPO = Path(__file__).resolve().parents[1]
@@ -20,7 +22,8 @@ TINY = ["logger=none", "reconstruction.n_iters=6", "reconstruction.batch_size=64
         "reconstruction.n_voxels_final=13824", "reconstruction.upsample_steps=[2,4]",
         "reconstruction.alpha_mask_steps=[3]", "reconstruction.max_samples=16", "checkpoint_every=2",
         "scene.holdout_every=4", "scene.generate=null",
-        "scene.laser.n_iters=2", "scene.laser.patch_size=32", "scene.laser.patch_num=2", "scene.laser.n_samples=16"]
+        "model.schedule.n_iters=2", "model.supervision.patch_size=32", "model.supervision.patch_num=2",
+        "model.rendering.n_samples=16"]
 
 
 def config(scene_root: Path, *extra: str):
@@ -30,7 +33,7 @@ def config(scene_root: Path, *extra: str):
 
 def run_stage(cfg, run_dir: Path, interrupt_at: int | None = None):
     run = setup_run(cfg, run_dir)
-    stage, identity = train.build_reconstruction(cfg, run.device)
+    stage, identity = build_reconstruction(cfg, run.device)
     if interrupt_at is not None:
         step_fn = stage.train_step
 
@@ -39,7 +42,7 @@ def run_stage(cfg, run_dir: Path, interrupt_at: int | None = None):
                 raise KeyboardInterrupt
             return step_fn(step)
         stage.train_step = train_step
-    metrics = train.fit(stage, run, cfg, identity, "stage1")
+    metrics = fit(stage, run, cfg, identity, "stage1")
     return stage, metrics
 
 
@@ -109,7 +112,7 @@ def test_train_py_end_to_end(tiny_scene, tmp_path):
     assert (tmp_path / "eval/results.md").read_text().startswith("| run | scene | step | test_psnr")
 
     # Another stage-2 configuration on the same scene takes the published stage 1 instead of training it.
-    out = subprocess.run([sys.executable, "train.py", f"scene.root={scene}", *TINY, store, "model.use_ltqa=false",
+    out = subprocess.run([sys.executable, "train.py", f"scene.root={scene}", *TINY, store, "model.ltqa=null",
                           f"hydra.run.dir={tmp_path / 'run2'}"], cwd=REPO, capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stderr[-3000:]
     assert "stage 1: reusing" in out.stdout and "reconstruction:" not in out.stderr   # no stage-1 progress bar
@@ -121,3 +124,88 @@ def test_eval_py_without_a_trained_run(tmp_path):
     out = subprocess.run([sys.executable, "eval.py", f"run={tmp_path}"], cwd=REPO, capture_output=True, text=True,
                          timeout=120)
     assert out.returncode != 0 and "no trained run here" in out.stderr
+
+
+# --- the step guards its data ------------------------------------------------------------------------------------
+def laser_stage(root, run_dir):
+    """A tiny stage 1 trained, and its Laser stage 2 built but not trained (6 steps, checkpoints every 3)."""
+    from laser.training.build import build_segmentation, prepare_segmentation
+    from test_laser_stage import config as laser_config
+
+    cfg = laser_config(root)
+    run = setup_run(cfg, run_dir)
+    reconstruction, identity = build_reconstruction(cfg, run.device)
+    prepared = prepare_segmentation(cfg, reconstruction.scene)
+    fit(reconstruction, run, cfg, identity, "stage1")
+    return (cfg, run, *build_segmentation(cfg, prepared, reconstruction.field, run.device))
+
+
+def test_a_non_finite_loss_term_stops_the_run_and_keeps_the_last_good_checkpoint(tiny_scene, tmp_path):
+    cfg, run, stage, identity = laser_stage(tiny_scene, tmp_path / "run")
+    losses = stage.losses
+
+    def poisoned(batch, outputs, step):
+        terms = losses(batch, outputs, step)
+        return {**terms, "relevancy": terms["relevancy"] * float("nan")} if step == 4 else terms
+    stage.losses = poisoned
+    with pytest.raises(NonFiniteError, match=r"step 4: laser stopped: the loss term 'relevancy' is nan; the last good "
+                                             r"checkpoint, .*laser.pt \(step 3\), is kept"):
+        fit(stage, run, cfg, identity, "stage2")
+    path = run.checkpoint_path("laser")
+    saved = torch.load(path, weights_only=False)
+    assert saved["step"] == 3
+    assert all(torch.isfinite(v).all() for v in saved["stage"]["modules"]["head"].values())
+
+
+def test_a_non_finite_gradient_stops_the_step_before_the_optimiser(tiny_scene, tmp_path):
+    _, _, stage, _ = laser_stage(tiny_scene, tmp_path / "run")
+    weight = stage.head.net[0].weight
+    before = weight.detach().clone()
+    weight.register_hook(lambda grad: grad * float("inf"))
+    with pytest.raises(NonFiniteError, match="step 0: the gradient of head.net.0.weight is not finite"):
+        stage.train_step(0)
+    assert torch.equal(weight.detach(), before)                  # nothing of the step was applied
+
+
+def test_a_non_finite_stage_1_figure_stops_the_run(tiny_scene, tmp_path):
+    cfg = config(tiny_scene)
+    run = setup_run(cfg, tmp_path / "run")
+    stage, identity = build_reconstruction(cfg, run.device)
+    stage.train_step = lambda step: {"loss": float("nan") if step == 3 else 0.1}
+    with pytest.raises(NonFiniteError, match=r"step 3: reconstruction stopped: 'loss' is nan; the last good "
+                                             r"checkpoint, .*reconstruction.pt \(step 2\), is kept"):
+        fit(stage, run, cfg, identity, "stage1")
+
+
+def test_impossible_step_counts_and_mixed_image_sizes_are_refused(tiny_scene, tmp_path):
+    with pytest.raises(ConfigError, match="reconstruction.n_iters: a stage needs at least one training step, not 0"):
+        build_reconstruction(config(tiny_scene, "reconstruction.n_iters=0"), torch.device("cpu"))
+    with pytest.raises(ConfigError, match="reconstruction.eval_chunk: a render call needs at least one ray, not 0"):
+        build_reconstruction(config(tiny_scene, "reconstruction.eval_chunk=0"), torch.device("cpu"))
+    scene = tmp_path / "scene"
+    shutil.copytree(tiny_scene, scene)
+    image = sorted((scene / "images").iterdir())[3]
+    Image.open(image).resize((60, 48)).save(image)
+    with pytest.raises(DataError, match=f"{image.name}: image is 60x48 but the scene's other images are 64x48"):
+        load_scene(config(scene).scene, 1)
+
+
+def test_an_old_layout_stage_2_checkpoint_is_refused_and_kept(tiny_scene, tmp_path):
+    from laser.training.loop import restore
+
+    cfg, run, stage, identity = laser_stage(tiny_scene, tmp_path / "run")
+    path = run.checkpoint_path("laser")
+    old = {"identity": {k: v for k, v in identity.items() if k != "layout"}, "step": 3, "stage": {}, "cost": {}}
+    torch.save(old, path)
+    before = path.read_bytes()
+    with pytest.raises(CheckpointError, match="earlier version of laser whose laser checkpoints have another layout"):
+        restore(stage, run, identity, resume=True)
+    assert path.read_bytes() == before
+
+
+def test_train_py_prints_an_actionable_error_without_a_traceback(tmp_path):
+    out = subprocess.run([sys.executable, "train.py", "scene=bed", f"scene.root={tmp_path / 'bed'}", "logger=none",
+                          f"hydra.run.dir={tmp_path / 'run'}"], cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert out.returncode == 1
+    assert out.stderr.startswith("error: ") and "scene folder not found" in out.stderr and "3D-OVS" in out.stderr
+    assert "Traceback" not in out.stderr and "Error executing job" not in out.stderr

@@ -66,7 +66,7 @@ def load_blender_scene(root: str | Path, downsample: float = 1.0, splits: tuple[
                     source = probe.size
                 size = (int(source[0] / downsample), int(source[1] / downsample))
                 focal = 0.5 * size[0] / np.tan(0.5 * float(meta["camera_angle_x"]))
-            rgba = read_image(path, size).astype(np.float32) / 255.0
+            rgba = read_image(path, size, source_size=source).astype(np.float32) / 255.0
             if rgba.ndim != 3 or rgba.shape[2] not in (3, 4):
                 raise DataError(path, f"expected an RGB or RGBA image, found shape {rgba.shape}")
             if rgba.shape[2] == 4:

@@ -38,10 +38,15 @@ def list_images(folder: Path) -> list[Path]:
     return paths
 
 
-def read_image(path: Path, size: tuple[int, int] | None = None, resample=Image.LANCZOS) -> np.ndarray:
-    """An image as ``[H, W, C]`` uint8, resized to ``size`` = (W, H) when given."""
+def read_image(path: Path, size: tuple[int, int] | None = None, resample=Image.LANCZOS,
+               source_size: tuple[int, int] | None = None) -> np.ndarray:
+    """An image as ``[H, W, C]`` uint8, resized to ``size`` = (W, H) when given. ``source_size``: the (W, H) every
+    image of the scene has; a file of another size is refused (resized, it would no longer match its camera)."""
     try:
         with Image.open(path) as img:
+            if source_size is not None and img.size != tuple(source_size):
+                raise DataError(path, f"image is {img.size[0]}x{img.size[1]} but the scene's other images are "
+                                      f"{source_size[0]}x{source_size[1]}: every view of a scene must have one size")
             img.load()
             if size is not None and img.size != size:
                 img = img.resize(size, resample)
@@ -161,7 +166,7 @@ def load_llff_scene(root: str | Path, downsample: float = 1.0, image_dir: str = 
 
     images = []
     for path in image_paths:
-        image = read_image(path, size)
+        image = read_image(path, size, source_size=source_size)
         if image.ndim != 3 or image.shape[2] not in (3, 4):
             raise DataError(path, f"expected an RGB image, found shape {image.shape}")
         images.append(torch.from_numpy(image[..., :3].copy()))

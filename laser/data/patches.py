@@ -16,7 +16,21 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from laser.data.scene import Scene
-from laser.language.teachers.base import PatchBatch
+from laser.errors import ConfigError
+
+
+@dataclass
+class PatchBatch:
+    """A batch of square crops of the scene's images at its working resolution: what a token teacher reads."""
+
+    images: Tensor               # [B, P, P, 3] float in [0, 1]
+    views: Tensor                # [B] long, view index of each crop
+    top_left: Tensor             # [B, 2] long, (row, col) of the crop's first pixel in its view
+    labels: Tensor | None = None  # [B, P, P] long ground-truth class (-1 unlabelled), when the scene has labels
+
+    @property
+    def crop_size(self) -> int:
+        return int(self.images.shape[1])
 
 
 @dataclass
@@ -61,14 +75,15 @@ class PatchSampler:
         """Refuse crop settings that cannot work on ``scene``, with the setting to change; cheap, so a run can call
         it before training anything."""
         if patch_size <= 0 or token_size <= 0 or patch_size % token_size:
-            raise ValueError(f"crop size {patch_size} px is not a positive multiple of the teacher's token size "
-                             f"{token_size} px: set the crop size (scene.laser.patch_size) to a multiple of {token_size}")
+            raise ConfigError("model.supervision.patch_size", f"crop size {patch_size} px is not a positive multiple "
+                                                              f"of the teacher's token size {token_size} px")
         if patch_size > scene.height or patch_size > scene.width:
-            raise ValueError(f"crops of {patch_size} px do not fit the {scene.width}x{scene.height} images of scene "
-                             f"'{scene.name}' at its patch resolution: lower the crop size (scene.laser.patch_size) or the "
-                             f"patch downsampling (scene.downsample.patch)")
+            raise ConfigError("model.supervision.patch_size",
+                              f"crops of {patch_size} px do not fit the {scene.width}x{scene.height} images of scene "
+                              f"'{scene.name}' at its patch resolution: lower the crop size or the patch "
+                              f"downsampling (scene.downsample.patch)")
         if patch_num <= 0:
-            raise ValueError(f"patch_num must be positive, got {patch_num}")
+            raise ConfigError("model.supervision.patch_num", f"crops per step must be positive, got {patch_num}")
 
     @property
     def grid_size(self) -> int:

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from hydra.utils import instantiate
 from omegaconf import DictConfig
 
 from laser.data.scene import Scene
 from laser.errors import DataError
+from laser.instantiate import instantiate
 
 
 def load_scene(cfg: DictConfig, downsample: float) -> Scene:

@@ -5,20 +5,19 @@ rendered. Per sample point, the appearance features feed the semantic head; LTQA
 compositing gives the NeRF feature ``f`` of the ray. The label volume gives each ray a slot distribution whose
 projection on the class text embeddings is the target of the CE loss (§7). The adapter maps teacher tokens (and,
 after ``cross_start_iter``, NeRF features) with self-cross training (§4); the text-augmentation loss shapes it (§8).
-Density is frozen throughout; appearance is fine-tuned from ``joint_start_iter`` (§9.4).
+Density is frozen throughout; appearance is fine-tuned from ``joint_start_iter`` (§9.4). The parts and the loss map
+come from ``conf/model/laser.yaml``.
 """
 
 from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from laser.data.patches import PatchSampler
-from laser.data.scene import Scene
-from laser.fields.base import RadianceField
-from laser.language.teachers.base import Teacher
-from laser.language.text import SceneText
 from laser.language.text_augmentation import text_augmentation_loss
 from laser.methods.segmentation import SegmentationStage
 from laser.modules.adapter import Adapter, distillation_loss, self_cross_loss
@@ -29,40 +28,37 @@ from laser.rendering import composite_packed
 
 
 class LaserSegmentation(SegmentationStage):
-    """The Laser stage. Components are switched off for ablations by ``use_*`` flags (§12: adapter, self-cross
-    training, LTQA, label volume, text augmentation)."""
+    """The Laser stage: parts ``head``, ``ltqa``, ``adapter``, ``label_volume`` (the last three may be None: the
+    ablations of §12) and the loss terms ``rgb_mse``, ``self_feature`` (L_self, §4.3), ``aug`` (L_aug, §8),
+    ``feature`` (L_feat, §4.3), ``relevancy`` (L_rel, §7.3).
+
+    Args (beyond :class:`~laser.methods.segmentation.SegmentationStage`'s):
+        head, ltqa, adapter, label_volume: partials of the parts, completed with the field's and the text's sizes;
+            None switches a part off.
+        cross_start_iter: the adapter also maps the NeRF features, and the cross terms start, after this step;
+            None: never (no self-cross training).
+        adapter_at_inference: query through the adapter (off by the ruling, as the official test script).
+        lr, lr_label_grid: head, LTQA, adapter and label basis; label planes and lines.
+    """
 
     name = "laser"
+    loss_names = ("rgb_mse", "self_feature", "aug", "feature", "relevancy")
 
-    def __init__(self, scene: Scene, eval_scene: Scene, field: RadianceField, teacher: Teacher, text: SceneText,
-                 device: str | torch.device = "cpu", n_iters: int = 15000, patch_size: int = 256, patch_num: int = 8,
-                 chunk: int = 4096, n_samples: int = 482, distance_scale: float = 25.0,
-                 weight_threshold: float = 1e-4, joint_start_iter: int = 5000, cross_start_iter: int = 8000,
-                 temperature: float = 0.2, self_weight: float = 1.0, relevancy_weight: float = 0.95,
-                 aug_weight: float = 0.33, ce_mode: str = "intended", ltqa_dim: int = 48,
-                 label_components: tuple[int, int, int] = (16, 4, 4), lr: float = 1e-4, lr_label_grid: float = 0.02,
-                 lr_app_grid: float = 5e-3, lr_app_network: float = 5e-5, lr_decay_ratio: float = 0.1,
-                 use_adapter: bool = True, use_self_cross: bool = True, use_ltqa: bool = True,
-                 use_label_volume: bool = True, use_text_augmentation: bool = True,
-                 adapter_at_inference: bool = False, adapter_bound_branch: bool = False, seed: int = 20230417):
-        super().__init__(scene, eval_scene, field, teacher, text, device, n_iters, chunk, n_samples, distance_scale,
-                         weight_threshold, joint_start_iter, lr_app_grid, lr_app_network, lr_decay_ratio, seed)
-        self.sampler = PatchSampler(scene, patch_size, patch_num, seed=seed)
+    def __init__(self, *, head: Callable[..., SemanticHead], ltqa: Callable[..., LTQA] | None,
+                 adapter: Callable[..., Adapter] | None, label_volume: Callable[..., LabelVolume] | None,
+                 cross_start_iter: int | None = 8000, adapter_at_inference: bool = False, lr: float = 1e-4,
+                 lr_label_grid: float = 0.02, **stage):
+        super().__init__(**stage)
         self.cross_start_iter = cross_start_iter
-        self.temperature, self.ce_mode = temperature, ce_mode
-        # A loss term exists only when its module does, so switched-off components need no zero weight here.
-        self.loss_weights = {"rgb_mse": 1.0, "feature": 1.0, "self_feature": self_weight, "relevancy": relevancy_weight,
-                             "aug": aug_weight}
-        self.use_self_cross, self.use_text_augmentation = use_self_cross, use_text_augmentation
         self.adapter_at_inference = adapter_at_inference
         self.lr, self.lr_label_grid = lr, lr_label_grid
-
         dim = self.text.shape[1]
-        self.head = SemanticHead(in_dim=field.app_dim, out_dim=dim).to(self.device)
-        self.ltqa = LTQA(dim, ltqa_dim).to(self.device) if use_ltqa else None
-        self.labels = (LabelVolume(field.grid_resolution(), label_components, num_slots=dim).to(self.device)
-                       if use_label_volume else None)
-        self.adapter = Adapter(dim, bound_branch=adapter_bound_branch).to(self.device) if use_adapter else None
+        self.head = head(in_dim=self.field.app_dim, out_dim=dim).to(self.device)
+        self.ltqa = ltqa(in_dim=dim).to(self.device) if ltqa is not None else None
+        self.labels = (label_volume(resolution=self.field.grid_resolution(), num_slots=dim).to(self.device)
+                       if label_volume is not None else None)
+        self.adapter = adapter(dim=dim).to(self.device) if adapter is not None else None
+        self.require({"self_feature": self.adapter, "aug": self.adapter, "relevancy": self.labels})
         self.reset_optimizer()
 
     def modules(self) -> dict[str, nn.Module]:
@@ -75,12 +71,6 @@ class LaserSegmentation(SegmentationStage):
             groups += [{"params": list(self.labels.grid.parameters()), "lr": self.lr_label_grid},
                        {"params": list(self.labels.basis.parameters()), "lr": self.lr}]
         return groups
-
-    def extra_state(self) -> dict:
-        return {"sampler": self.sampler.state_dict()}
-
-    def load_extra_state(self, state: dict) -> None:
-        self.sampler.load_state_dict(state["sampler"])
 
     # --- rendering -----------------------------------------------------------------------------------------------
     def render(self, rays: Tensor, train: bool = False) -> dict[str, Tensor]:
@@ -101,35 +91,40 @@ class LaserSegmentation(SegmentationStage):
         return out
 
     # --- training ------------------------------------------------------------------------------------------------
-    def train_step(self, step: int) -> dict[str, float]:
-        self.begin_step(step)
-        sample = self.sampler.sample()
-        with torch.no_grad():
-            c = self.teacher(sample.batch).reshape(-1, self.text.shape[1]).float().to(self.device)   # [N, D]
-        out = self.render(sample.rays.to(self.device), train=True)
-        f = out["features"]
-        losses = {"rgb_mse": F.mse_loss(out["rgb"], sample.rgb.to(self.device))}
+    def cross(self, step: int) -> bool:
+        """Whether the self-cross phase is on at ``step`` (after ``cross_start_iter``)."""
+        return self.adapter is not None and self.cross_start_iter is not None and step > self.cross_start_iter
 
-        c0 = c1 = c
-        f_hat = f
-        if self.adapter is not None:
-            c0, c1 = self.adapter(c)
-            if self.use_self_cross and step > self.cross_start_iter:
-                f0, f1 = self.adapter(f)
-                f_hat = f1
-                losses["self_feature"] = self_cross_loss(c0, c1, f0, f1)
-            else:
-                losses["self_feature"] = self_cross_loss(c0, c1)
-            if self.use_text_augmentation and self.loss_weights["aug"]:
-                losses["aug"] = text_augmentation_loss(c1, c0, self.text, self.text_repeated)
-        losses["feature"] = distillation_loss(c1, f_hat)
-        if self.labels is not None:
+    def outputs(self, batch: dict[str, Any], step: int) -> dict[str, Tensor]:
+        """The render of the batch's rays plus, for the teacher tokens ``c`` ``[N, D]`` and the NeRF features ``f``:
+        ``c0, c1`` (centred and adapted tokens; ``c`` itself without the adapter), in the cross phase ``f0, f1``,
+        and ``f_hat`` (``f1`` in the cross phase, else ``f``): the student of L_feat and L_rel."""
+        out = self.render(batch["rays"], train=True)
+        c = batch["targets"]
+        out["c0"], out["c1"] = self.adapter(c) if self.adapter is not None else (c, c)
+        out["f_hat"] = out["features"]
+        if self.cross(step):
+            out["f0"], out["f1"] = self.adapter(out["features"])
+            out["f_hat"] = out["f1"]
+        return out
+
+    def losses(self, batch: dict[str, Any], out: dict[str, Tensor], step: int) -> dict[str, Tensor]:
+        on, options = self.loss_weights, self.loss_options
+        terms = {}
+        if "rgb_mse" in on:
+            terms["rgb_mse"] = F.mse_loss(out["rgb"], batch["rgb"])
+        if "self_feature" in on:
+            terms["self_feature"] = self_cross_loss(out["c0"], out["c1"], out.get("f0"), out.get("f1"),
+                                                    **options["self_feature"])
+        if "aug" in on:
+            terms["aug"] = text_augmentation_loss(out["c1"], out["c0"], self.text, self.text_repeated)
+        if "feature" in on:
+            terms["feature"] = distillation_loss(out["c1"], out["f_hat"])
+        if "relevancy" in on:
             targets, targets_t = label_targets(out["slots"], self.text)
-            losses["relevancy"] = label_ce_loss(ce_students(f_hat, c1), self.text, targets, targets_t,
-                                                self.temperature, self.ce_mode, sample.grid)
-        loss = sum(self.loss_weights[k] * v for k, v in losses.items())
-        self.apply_gradients(loss)
-        return {"loss": loss.item(), **{k: v.item() for k, v in losses.items()}}
+            terms["relevancy"] = label_ce_loss(ce_students(out["f_hat"], out["c1"]), self.text, targets, targets_t,
+                                               grid=batch["grid"], **options["relevancy"])
+        return terms
 
     # --- evaluation ----------------------------------------------------------------------------------------------
     def query_features(self, features: Tensor) -> Tensor:

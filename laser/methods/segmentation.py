@@ -1,5 +1,10 @@
-"""What every stage-2 method (Laser, 3D-OVS, LERF) shares: the frozen-density field, the schedule, evaluation and
-checkpoints. A method adds its modules, its :meth:`train_step` and how a view's class scores are computed.
+"""What every stage-2 method (Laser, 3D-OVS, LERF) shares: the frozen-density field, the training step, the schedule,
+evaluation and checkpoints. A method is a composition: it builds its parts (given by the config) and implements
+:meth:`~SegmentationStage.outputs`, :meth:`~SegmentationStage.losses` and :meth:`~SegmentationStage.param_groups`.
+
+One step (:meth:`SegmentationStage.train_step`): the supervision samples rays and asks the teacher for their targets;
+the method renders its outputs and computes its loss terms; the stage weighs them by ``losses.<name>.weight``, sums
+them, refuses a non-finite loss or gradient, and steps the optimiser.
 
 The shared schedule (LASER.md §9.4, identical in 3D-OVS §14): density is frozen throughout; from
 ``joint_start_iter`` the appearance grid and colour network are fine-tuned too (the optimizer is rebuilt with the
@@ -9,15 +14,19 @@ learning rates reset); every learning rate decays by ``lr_decay_ratio`` over ``n
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
+import math
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 from laser.data.scene import Scene
+from laser.errors import ConfigError, NonFiniteError
 from laser.evaluation.metrics import segmentation_metrics
 from laser.evaluation.pictures import (class_palette, legend, relevancy_map, save_png, segmentation_overlay,
                                       with_legend)
@@ -25,41 +34,118 @@ from laser.evaluation.tables import write_atomic
 from laser.fields.base import RadianceField
 from laser.language.teachers.base import Teacher
 from laser.language.text import SceneText
+from laser.methods.supervision import Supervision
 from laser.rendering import ray_weights, render_in_chunks
+
+LAYOUT = 2   # of stage-2 checkpoints: 2 since methods are compositions of parts (1 had no number)
+
+
+@dataclass
+class RayRendering:
+    """How stage 2 renders through the frozen field.
+
+    Args:
+        chunk: rays per render call at evaluation. LTQA mixes every point of a call, so for Laser the size is part
+            of the method (a training batch is one call; the ruling keeps the two alike).
+        n_samples: samples per ray (Laser: from the stage-1 initial grid, §9.3).
+        distance_scale: ``alpha = 1 - exp(-sigma * delta * distance_scale)``: stage 1's.
+        weight_threshold: points lighter than this get no semantics (3D-OVS / Laser's app_mask).
+    """
+
+    chunk: int = 4096
+    n_samples: int = 482
+    distance_scale: float = 25.0
+    weight_threshold: float = 1e-4
+
+    def __post_init__(self):
+        if self.n_samples < 1:
+            raise ConfigError("model.rendering.n_samples", f"must be at least 1 sample per ray, not {self.n_samples}")
+        if self.chunk < 1:
+            raise ConfigError("model.rendering.chunk", f"a render call needs at least one ray (of {self.n_samples} "
+                                                       f"samples), not {self.chunk}")
+
+
+@dataclass
+class Schedule:
+    """Steps and learning rates shared by every stage-2 method (§9.4).
+
+    Args:
+        n_iters: training steps.
+        joint_start_iter: step from which the appearance is fine-tuned too; None: never (LERF).
+        lr_app_grid, lr_app_network: the appearance grid's and network's rates in the joint phase.
+        lr_decay_ratio: every rate reaches this share of its start at ``n_iters``.
+    """
+
+    n_iters: int = 15000
+    joint_start_iter: int | None = 5000
+    lr_app_grid: float = 5e-3
+    lr_app_network: float = 5e-5
+    lr_decay_ratio: float = 0.1
+
+    def __post_init__(self):
+        if self.n_iters < 1:
+            raise ConfigError("model.schedule.n_iters", f"stage 2 needs at least one step, not {self.n_iters}")
+
+
+def loss_weights(losses: Mapping[str, Mapping[str, Any] | None], known: tuple[str, ...]) -> dict[str, float]:
+    """``{name: weight}`` of the config's loss map, without the switched-off terms (null or weight 0)."""
+    unknown = sorted(set(losses) - set(known))
+    if unknown:
+        raise ConfigError(f"model.losses.{unknown[0]}", f"no such loss term; this method's are {', '.join(known)}")
+    unweighted = sorted(name for name, spec in losses.items() if spec is not None and "weight" not in spec)
+    if unweighted:
+        raise ConfigError(f"model.losses.{unweighted[0]}", "has no weight (null switches a term off)")
+    return {name: float(spec["weight"]) for name, spec in losses.items() if spec is not None and spec["weight"]}
 
 
 class SegmentationStage:
-    """Base of the stage-2 methods. Subclasses set ``name``, build their modules in ``__init__`` and then call
-    :meth:`reset_optimizer`, and implement :meth:`modules`, :meth:`param_groups`, :meth:`train_step` and
-    :meth:`render` (returning at least ``rgb`` ``[R, 3]`` and, unless :meth:`class_scores` is overridden,
-    ``features`` ``[R, D]``)."""
+    """Base of the stage-2 methods. Subclasses set ``name`` and ``loss_names``, build their parts in ``__init__``
+    (after this one's) and then call :meth:`reset_optimizer`, and implement :meth:`modules`, :meth:`param_groups`,
+    :meth:`outputs`, :meth:`losses` and :meth:`render` (returning at least ``rgb`` ``[R, 3]`` and, unless
+    :meth:`class_scores` is overridden, ``features`` ``[R, D]``).
+
+    Args:
+        scene, eval_scene: the scene at the supervision's and at the evaluation's resolution.
+        field: the stage-1 radiance field (density frozen here).
+        teacher: prepared for ``scene``; of the interface ``supervision`` reads.
+        text: the scene's text embeddings.
+        supervision: builds the method's :class:`~laser.methods.supervision.Supervision` from
+            ``(scene, teacher, text, device, seed)`` (a partial from the config).
+        losses: ``{name: {weight: w, ...options}}``; a null entry or a zero weight switches the term off.
+        rendering, schedule: :class:`RayRendering`, :class:`Schedule`.
+        seed: seeds the ray jitter and the supervision's draws.
+    """
 
     name = "segmentation"
-    teacher_form = "dense"          # the teacher form the method learns from (Teacher.form)
+    loss_names: tuple[str, ...] = ()
 
     def __init__(self, scene: Scene, eval_scene: Scene, field: RadianceField, teacher: Teacher, text: SceneText,
-                 device: str | torch.device = "cpu", n_iters: int = 15000, chunk: int = 4096, n_samples: int = 482,
-                 distance_scale: float = 25.0, weight_threshold: float = 1e-4, joint_start_iter: int = 5000,
-                 lr_app_grid: float = 5e-3, lr_app_network: float = 5e-5, lr_decay_ratio: float = 0.1,
+                 supervision: Callable[..., Supervision], losses: Mapping[str, Mapping[str, Any] | None],
+                 rendering: RayRendering, schedule: Schedule, device: str | torch.device = "cpu",
                  seed: int = 20230417):
-        if getattr(teacher, "form", None) != self.teacher_form:
-            raise ValueError(f"{self.name} learns from a teacher of form {self.teacher_form!r}; "
-                             f"{type(teacher).__name__} has form {getattr(teacher, 'form', None)!r} "
-                             f"(choose the teacher with teacher=... and teacher.form=...)")
         self.scene, self.eval_scene = scene, eval_scene
         self.device = torch.device(device)
         self.field = field.to(self.device).requires_grad_(False)
         self.teacher = teacher.to(self.device)                            # prepared for ``scene``
         self.text = text.embeddings.to(self.device)                      # T  [C, D]
         self.text_repeated = text.repeated.to(self.device)               # T̃ [C, D]
-        self.n_iters, self.chunk, self.n_samples = n_iters, chunk, n_samples
-        self.distance_scale, self.weight_threshold = distance_scale, weight_threshold
-        self.joint_start_iter = joint_start_iter
-        self.app_lrs = (lr_app_grid, lr_app_network)
-        self.lr_factor = lr_decay_ratio ** (1.0 / n_iters)
+        self.supervision = supervision(scene=scene, teacher=self.teacher, text=text, device=self.device, seed=seed)
+        self.loss_weights = loss_weights(losses, self.loss_names)
+        self.loss_options = {name: {k: v for k, v in losses[name].items() if k != "weight"}
+                             for name in self.loss_weights}
+        self.rendering, self.schedule = rendering, schedule
+        self.n_iters = schedule.n_iters
+        self.lr_factor = schedule.lr_decay_ratio ** (1.0 / schedule.n_iters)
         self.generator = torch.Generator().manual_seed(seed)            # stratified jitter along the rays
         self.joint = False                                                # appearance fine-tuned (phase 2)
         self.optimizer: torch.optim.Optimizer | None = None
+
+    def require(self, parts: Mapping[str, nn.Module | None]) -> None:
+        """Refuse a loss term whose part is switched off: ``parts`` maps each loss name to the part it needs."""
+        for loss, part in parts.items():
+            if loss in self.loss_weights and part is None:
+                raise ConfigError(f"model.losses.{loss}", f"{self.name}'s {loss} term needs a part that is switched "
+                                                          f"off (null in model): switch the term off too")
 
     # --- what a method provides ----------------------------------------------------------------------------------
     def modules(self) -> dict[str, nn.Module]:
@@ -70,14 +156,19 @@ class SegmentationStage:
         """Optimizer groups of the method's own modules (the appearance groups are added by the base)."""
         raise NotImplementedError
 
+    def outputs(self, batch: dict[str, Any], step: int) -> dict[str, Tensor]:
+        """What the losses read, from one supervision batch (renders with gradients)."""
+        raise NotImplementedError
+
+    def losses(self, batch: dict[str, Any], outputs: dict[str, Tensor], step: int) -> dict[str, Tensor]:
+        """The unweighted scalar terms of the switched-on losses (``self.loss_weights``), in summation order."""
+        raise NotImplementedError
+
     def render(self, rays: Tensor, train: bool = False) -> dict[str, Tensor]:
         raise NotImplementedError
 
-    def train_step(self, step: int) -> dict[str, float]:
-        raise NotImplementedError
-
     def extra_state(self) -> dict:
-        """Method state beyond modules, field and optimizer (samplers, generators)."""
+        """Method state beyond modules, field, optimizer and supervision."""
         return {}
 
     def load_extra_state(self, state: dict) -> None:
@@ -87,31 +178,52 @@ class SegmentationStage:
     def shaded_samples(self, rays: Tensor, train: bool) -> dict[str, Tensor]:
         """Frozen-density samples of rays ``[R, 6]`` (:func:`laser.rendering.ray_weights`) plus ``shaded``
         ``[R, S]``: the points heavy enough to be given semantics (3D-OVS / Laser's app_mask)."""
+        r = self.rendering
         with torch.no_grad():
-            samples = ray_weights(self.field, rays, self.scene.near_far, self.n_samples, self.distance_scale,
+            samples = ray_weights(self.field, rays, self.scene.near_far, r.n_samples, r.distance_scale,
                                   self.generator if train else None)
-        samples["shaded"] = samples["weights"] > self.weight_threshold
+        samples["shaded"] = samples["weights"] > r.weight_threshold
         return samples
 
-    def begin_step(self, step: int) -> None:
-        """Call first in :meth:`train_step`: switches to joint fine-tuning at ``joint_start_iter``."""
-        if step == self.joint_start_iter:
+    # --- the step ------------------------------------------------------------------------------------------------
+    def train_step(self, step: int) -> dict[str, float]:
+        """One step: sample and teach, outputs, weighted loss terms, a guarded optimiser step. Returns the loss and
+        each term, unweighted."""
+        if step == self.schedule.joint_start_iter:
             self.joint = True
             self.reset_optimizer()
-
-    def apply_gradients(self, loss: Tensor) -> None:
-        """Call last in :meth:`train_step`: one optimizer step, then the learning-rate decay."""
+        with torch.no_grad():
+            batch = self.supervision.sample(self.teacher)
+        terms = self.losses(batch, self.outputs(batch, step), step)
+        loss = sum(self.loss_weights[k] * v for k, v in terms.items())
+        logged = {**{k: v.item() for k, v in terms.items()}, "loss": loss.item()}
+        for term, value in logged.items():                                # the terms first: they name the culprit
+            if not math.isfinite(value):
+                raise NonFiniteError(step, f"the loss term '{term}' is {value}")
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
+        self.check_gradients(step)
         self.optimizer.step()
         for group in self.optimizer.param_groups:
             group["lr"] *= self.lr_factor
+        return logged
+
+    def check_gradients(self, step: int) -> None:
+        """Refuse a step whose gradients are not finite, before the optimiser applies them: one fused norm, and the
+        parameter's name only on the error path."""
+        grads = [p.grad for group in self.optimizer.param_groups for p in group["params"] if p.grad is not None]
+        if not grads or torch.isfinite(torch.nn.utils.get_total_norm(grads)):
+            return
+        named = [(f"{k}.{n}", p) for k, m in {**self.modules(), "field": self.field}.items()
+                 for n, p in m.named_parameters()]
+        bad = next(name for name, p in named if p.grad is not None and not torch.isfinite(p.grad).all())
+        raise NonFiniteError(step, f"the gradient of {bad} is not finite (the loss terms are)")
 
     def reset_optimizer(self) -> None:
         """Phase 1: the method's modules. Phase 2 (``joint``, learning rates reset): the appearance too."""
         groups = self.param_groups()
         if self.joint:
-            app = self.field.appearance_param_groups(*self.app_lrs)
+            app = self.field.appearance_param_groups(self.schedule.lr_app_grid, self.schedule.lr_app_network)
             for group in app:
                 for p in group["params"]:
                     p.requires_grad_(True)
@@ -147,7 +259,7 @@ class SegmentationStage:
         feature to each class, no temperature, §10) and the colour render ``[h, w, 3]`` of an evaluation view, at
         every ``stride``-th pixel (1: the full view; more for quick looks during experiments)."""
         rays = self.eval_rays(view, stride)
-        out = render_in_chunks(self.render, rays.reshape(-1, 6), self.chunk, keys=("features", "rgb"))
+        out = render_in_chunks(self.render, rays.reshape(-1, 6), self.rendering.chunk, keys=("features", "rgb"))
         scores = F.normalize(self.query_features(out["features"]), dim=-1) @ self.text.T
         return scores.reshape(*rays.shape[:2], -1), out["rgb"].reshape(*rays.shape[:2], 3)
 
@@ -182,14 +294,14 @@ class SegmentationStage:
 
     # --- checkpoints ---------------------------------------------------------------------------------------------
     def identity(self) -> dict:
-        return {"stage": self.name, "scene": self.scene.name, "classes": self.scene.classes,
+        return {"stage": self.name, "layout": LAYOUT, "scene": self.scene.name, "classes": self.scene.classes,
                 "n_iters": self.n_iters}
 
     def state_dict(self) -> dict:
         return {"modules": {k: m.state_dict() for k, m in self.modules().items()},
                 "field": self.field.state_dict(), "optimizer": self.optimizer.state_dict(),
                 "generator": self.generator.get_state(), "teacher_rng": self.teacher.rng_state(),
-                "joint": self.joint, **self.extra_state()}
+                "supervision": self.supervision.state_dict(), "joint": self.joint, **self.extra_state()}
 
     def load_state_dict(self, state: dict) -> None:
         for key, module in self.modules().items():
@@ -200,4 +312,5 @@ class SegmentationStage:
         self.optimizer.load_state_dict(state["optimizer"])
         self.generator.set_state(state["generator"])
         self.teacher.set_rng_state(state["teacher_rng"])
+        self.supervision.load_state_dict(state["supervision"])
         self.load_extra_state(state)

@@ -111,7 +111,8 @@ def label_ce_loss(students: Mapping[str, Tensor] | Sequence[Tensor], text: Tenso
             it grows with N and, as the targets are not detached and can be negative, the label volume drives it
             down without bound: with N = 1024 rays per step it reached -231 in 150 steps and the segmentation
             collapsed to 0.2 % mIoU (experiments/RESULTS.md). Averaged, both terms have the scale of one
-            per-pixel cross-entropy, as in the official code, whose class axis holds g = 16 entries. "code_exact": the official computation, for comparison: each ``[N, C]`` or ``[C, N]``
+            per-pixel cross-entropy, as in the official code, whose class axis holds g = 16 entries.
+            "code_exact": the official computation, for comparison: each ``[N, C]`` or ``[C, N]``
             matrix, prediction and target alike, is flattened row-major and viewed as ``[B, g, g, C]``, then given to
             ``F.cross_entropy`` with probability targets, which takes dim 1 (the patch-row axis) as the class axis
             and applies a second log-softmax over it. For the ``[C, N]`` matrices the view scrambles positions (the

@@ -70,7 +70,14 @@ def config_differences(saved: dict, current: dict, prefix: str = "") -> list[str
 
 
 def check_compatible(path: str | Path, checkpoint: dict, identity: dict) -> None:
-    """Refuse a checkpoint written for another scene or an incompatible configuration."""
+    """Refuse a checkpoint written for another scene, an incompatible configuration or another layout."""
+    saved_layout = checkpoint.get("identity", {}).get("layout", 1 if "layout" in identity else None)
+    if saved_layout != identity.get("layout"):
+        raise CheckpointError(path, f"written by an earlier version of laser whose {identity['stage']} checkpoints "
+                                    f"have another layout ({saved_layout}; this version writes "
+                                    f"{identity.get('layout')}: stage-2 methods are now compositions of parts), so "
+                                    f"it cannot be continued. Train this stage again in another run folder "
+                                    f"(hydra.run.dir=...), or move this file away")
     differences = config_differences(checkpoint.get("identity", {}), identity)
     if differences:
         raise CheckpointError(path, "written by an incompatible run; refusing to continue it. Differences:\n  "

@@ -9,9 +9,9 @@ from pathlib import Path
 import numpy as np
 import torch
 from hydra.core.hydra_config import HydraConfig
-from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
+from laser.instantiate import instantiate
 from laser.training.loggers import Logger
 
 

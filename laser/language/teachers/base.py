@@ -1,42 +1,29 @@
-"""The teacher interface the training loop knows: ``prepare`` once per scene, then call on crop batches."""
+"""The teacher interfaces a stage-2 method learns from: ``prepare`` once per scene, then one of three readings.
+
+* :class:`TokenTeacher`: dense token grids of crop batches (Laser's SCLIP / MaskCLIP features, LASER.md §3.1).
+* :class:`PixelPyramidTeacher`: per-pixel multi-scale maps of whole views (3D-OVS's crop pyramid, §14.1).
+* :class:`ScalePyramidTeacher`: a crop-pyramid query at any pixel and scale (LERF, §14.6).
+
+A method's supervision names the interface it reads (:attr:`~laser.methods.supervision.Supervision.teacher_type`);
+the builder checks the configured teacher against it before anything is trained.
+"""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 from torch import Tensor, nn
 
+from laser.data.patches import PatchBatch
 from laser.data.scene import Scene
 
 
-@dataclass
-class PatchBatch:
-    """A batch of square crops of the scene's images at its working resolution."""
-
-    images: Tensor               # [B, P, P, 3] float in [0, 1]
-    views: Tensor                # [B] long, view index of each crop
-    top_left: Tensor             # [B, 2] long, (row, col) of the crop's first pixel in its view
-    labels: Tensor | None = None  # [B, P, P] long ground-truth class (-1 unlabelled), when the scene has labels
-
-    @property
-    def crop_size(self) -> int:
-        return int(self.images.shape[1])
-
-
 class Teacher(nn.Module):
-    """Maps a crop batch to target features ``[B, P/16, P/16, D]``: one D-dim token per 16x16 block.
+    """What every teacher offers. Teachers are frozen: they hold no trainable parameters.
 
-    Subclasses set ``patch_size`` and ``embed_dim``, override :meth:`prepare` when they precompute per scene, and
-    implement :meth:`forward`. Teachers are frozen: they hold no trainable parameters.
-
-    ``form`` says what else a teacher offers, and so which methods it can teach: ``dense`` (token grids only: Laser),
-    ``ovs3d`` (also per-pixel multi-scale maps, ``maps(view)``: 3D-OVS) or ``lerf`` (also a crop-pyramid query,
-    ``query(view, pixel_rc, scale)``: LERF).
+    Subclasses set ``patch_size`` and ``embed_dim`` and override :meth:`prepare` when they precompute per scene.
     """
 
     patch_size: int = 16
     embed_dim: int = 512
-    form: str = "dense"
 
     def prepare(self, scene: Scene, text_embeddings: Tensor) -> None:
         """Per-scene precomputation. ``text_embeddings``: ``[C, D]`` L2-normalised, in ``scene.classes`` order."""
@@ -53,5 +40,30 @@ class Teacher(nn.Module):
     def set_rng_state(self, state: Tensor | None) -> None:
         pass
 
+
+class TokenTeacher(Teacher):
+    """Maps a crop batch to target features ``[B, P/16, P/16, D]``: one D-dim token per 16x16 block."""
+
     def forward(self, batch: PatchBatch) -> Tensor:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+
+class PixelPyramidTeacher(Teacher):
+    """Per-pixel multi-scale embeddings of whole views (3D-OVS)."""
+
+    def maps(self, view: int) -> Tensor:  # pragma: no cover - abstract
+        """``[S, D, H', W']`` embeddings of one view at ``S`` crop scales, ``H' = H // image_downsample``."""
+        raise NotImplementedError
+
+
+class ScalePyramidTeacher(Teacher):
+    """A crop-pyramid embedding at any pixel and scale (LERF). ``scale_min`` / ``scale_max`` bound the scales (fractions
+    of the image height) and ``image_downsample`` relates pyramid pixels to the scene's."""
+
+    scale_min: float
+    scale_max: float
+    image_downsample: int
+
+    def query(self, view: int, pixel_rc: Tensor, scale: Tensor) -> Tensor:  # pragma: no cover - abstract
+        """Targets ``[R, D]`` at pixels ``[R, 2]`` (row, col, in pyramid pixels) and scales ``[R]``."""
         raise NotImplementedError

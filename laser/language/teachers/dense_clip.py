@@ -18,17 +18,16 @@ from laser.data.scene import Scene
 from laser.language.cache import FeatureCache, fingerprint
 from laser.language.clip_model import ClipModel
 from laser.language.dense_clip import DenseClip
-from laser.language.teachers.base import PatchBatch, Teacher
+from laser.data.patches import PatchBatch
+from laser.language.teachers.base import TokenTeacher
 
 
-class DenseClipTeacher(Teacher):
+class DenseClipTeacher(TokenTeacher):
     """Dense CLIP (SCLIP or MaskCLIP last block) of each crop: ``[B, P/16, P/16, 512]``, not normalised.
 
     Args:
         clip: the loaded CLIP.
         mode: ``sclip`` (Laser's default) or ``maskclip`` (Laser's ``lawn`` config).
-        crop_size: crop side P in pixels (Laser: 192, 224 or 256 by scene); read by the patch sampler.
-        crops_per_step: crops per step (Laser: 8, 16 for ``table``); read by the patch sampler.
         cache_dir: folder for precomputed whole-view features; null computes every crop on the fly, as Laser does.
         window: sliding-window side in pixels for the cache.
         stride: sliding-window step in pixels for the cache.
@@ -39,8 +38,6 @@ class DenseClipTeacher(Teacher):
         self,
         clip: ClipModel,
         mode: str = "sclip",
-        crop_size: int = 224,
-        crops_per_step: int = 8,
         cache_dir: str | None = None,
         window: int = 224,
         stride: int = 112,
@@ -48,8 +45,6 @@ class DenseClipTeacher(Teacher):
     ):
         super().__init__()
         self.dense = DenseClip(clip, mode)
-        self.crop_size = crop_size
-        self.crops_per_step = crops_per_step
         self.cache_dir = cache_dir
         self.window, self.stride, self.batch_size = window, stride, batch_size
         self.patch_size = clip.patch_size

@@ -19,8 +19,9 @@ embeddings, degraded the way dense CLIP is degraded:
    and the scale matters where a method adds something of fixed size to the tokens: Laser's adapter adds a
    positional code of norm 16 (LASER.md §4.1).
 
-That is the ``dense`` form (Laser's token grids). The ``ovs3d`` and ``lerf`` forms imitate the crop pyramids of
-global CLIP embeddings instead, with the crop geometry of :class:`~laser.language.teachers.pyramid.PyramidTeacher`:
+That is :class:`OracleTeacher` (Laser's token grids). :class:`OraclePixelPyramid` (3D-OVS) and
+:class:`OracleScalePyramid` (LERF) imitate the crop pyramids of global CLIP embeddings instead, with the crop
+geometry of :mod:`laser.language.teachers.pyramid`:
 a crop's embedding is the class text embeddings mixed by the shares of the crop's pixels of each class in the
 confused class map (:func:`crop_class_shares`), plus the same noise; no patch averaging or blur (a global embedding
 has no patches). The pyramids, noise included, are drawn once in ``prepare``.
@@ -43,8 +44,9 @@ from torch import Tensor
 
 from laser.data.scene import Scene
 from laser.errors import DataError
-from laser.language.teachers.base import PatchBatch
-from laser.language.teachers.pyramid import FORMS, Box, CropEmbedder, PyramidTeacher
+from laser.data.patches import PatchBatch
+from laser.language.teachers.base import TokenTeacher
+from laser.language.teachers.pyramid import Box, CropEmbedder, PixelPyramid, PyramidTeacher, ScalePyramid
 
 
 def most_similar_other(text_embeddings: Tensor) -> Tensor:
@@ -176,43 +178,21 @@ def crop_class_shares(class_map: Tensor, num_classes: int, boxes: list[Box], sca
     return (counts / ((bottom - top) * (right - left)).float()).T
 
 
-class OracleTeacher(PyramidTeacher):
-    """Degraded ground-truth features: a test harness for scenes with ``labels`` (no CLIP weights needed).
-
-    See the module docstring for the degradation. ``prepare`` draws the per-scene and per-view confusion once. In
-    the ``dense`` form each call then crops the confused class maps and degrades them with fresh noise; in the
-    ``ovs3d`` and ``lerf`` forms ``prepare`` also builds the crop pyramids, read as :class:`PyramidTeacher` reads
-    them (``maps``, ``query``, crop batches).
+class OracleLabels:
+    """The ground truth an oracle teacher degrades: the scene's labels with confusion drawn once (:meth:`prepare`).
 
     Args:
-        form: ``dense`` (token grids), ``ovs3d`` or ``lerf`` (crop pyramids).
         object_share, object_view_prob, view_share, region_size: the confusion (:func:`draw_confusion`).
-        blur_sigma: the token-grid blur of the dense form (:func:`degrade`).
+        blur_sigma: the token-grid blur of the dense degradation (:func:`degrade`).
         noise_std: expected norm of the noise on each token or crop embedding, relative to a pure one.
         token_norm: norm of a pure token or crop embedding before noise (the last step, a plain scale).
         patch_size: token size in pixels.
-        seed: seeds the confusion, the noise and the pyramid crop jitter.
-        **geometry: the crop geometry of :class:`PyramidTeacher` (``image_downsample``, ``divisors``, ...); the
-            class maps are at the scene's resolution, the pyramids ``image_downsample`` times smaller.
+        seed: seeds the confusion, the noise and (pyramids) the crop jitter.
     """
 
-    forms = ("dense", *FORMS)
-
-    def __init__(
-        self,
-        form: str = "dense",
-        object_share: float = 0.15,
-        object_view_prob: float = 0.8,
-        view_share: float = 0.05,
-        region_size: int = 64,
-        blur_sigma: float = 0.5,
-        noise_std: float = 2.0,
-        token_norm: float = 1.0,
-        patch_size: int = 16,
-        seed: int = 0,
-        **geometry,
-    ):
-        super().__init__(form, seed=seed, **geometry)
+    def use_labels(self, object_share: float = 0.15, object_view_prob: float = 0.8, view_share: float = 0.05,
+                   region_size: int = 64, blur_sigma: float = 0.5, noise_std: float = 2.0, token_norm: float = 1.0,
+                   patch_size: int = 16, seed: int = 0) -> None:
         self.object_share = object_share
         self.object_view_prob = object_view_prob
         self.view_share = view_share
@@ -221,11 +201,13 @@ class OracleTeacher(PyramidTeacher):
         self.noise_std = noise_std
         self.token_norm = token_norm
         self.patch_size = patch_size
+        self.seed = seed
         self.register_buffer("text_embeddings", torch.empty(0), persistent=False)   # [C, D]
         self.register_buffer("class_maps", torch.empty(0, dtype=torch.long), persistent=False)  # [N, H, W]
         self._noise = torch.Generator()
 
-    def prepare(self, scene: Scene, text_embeddings: Tensor) -> None:
+    def draw(self, scene: Scene, text_embeddings: Tensor) -> None:
+        """Draw the per-scene and per-view confusion of ``scene``, and reset the noise."""
         if scene.labels is None:
             raise DataError(scene.name, "the oracle teacher needs per-pixel labels (a scene folder with labels/)")
         generator = torch.Generator().manual_seed(self.seed)
@@ -236,17 +218,6 @@ class OracleTeacher(PyramidTeacher):
             self.view_share, self.region_size, generator,
         )
         self._noise = torch.Generator().manual_seed(self.seed + 1)
-        if self.form != "dense":
-            super().prepare(scene, text_embeddings)
-
-    def crop_embedder(self, scene: Scene, view: int) -> CropEmbedder:
-        class_map, text = self.class_maps[view], self.text_embeddings
-
-        def embed(boxes: list[Box]) -> Tensor:
-            shares = crop_class_shares(class_map, text.shape[0], boxes, self.image_downsample)
-            return add_noise(shares @ text.to(shares), self.noise_std, self._noise) * self.token_norm
-
-        return embed
 
     def rng_state(self) -> Tensor:
         return self._noise.get_state()
@@ -254,19 +225,9 @@ class OracleTeacher(PyramidTeacher):
     def set_rng_state(self, state: Tensor) -> None:
         self._noise.set_state(state)
 
-    def forward(self, batch: PatchBatch) -> Tensor:
-        """``[B, P/16, P/16, D]`` on the batch's device; ``batch.labels`` is not used (the confused maps are)."""
-        if self.form != "dense":
-            return super().forward(batch)
-        size = batch.crop_size
-        maps = torch.stack([
-            self.class_maps[v, r : r + size, c : c + size]
-            for v, (r, c) in zip(batch.views.tolist(), batch.top_left.tolist())
-        ])
-        return self._degrade(maps).to(batch.images.device)
-
     def full_image(self, view: int) -> Tensor:
-        """Token features of a whole view, the dense degradation whatever the form: ``[ceil(H/16), ceil(W/16), D]``."""
+        """Token features of a whole view, the token-grid degradation whatever the oracle:
+        ``[ceil(H/16), ceil(W/16), D]``."""
         return self._degrade(self.class_maps[view][None])[0]
 
     def pixel_scores(self, view: int, mode: str = "bilinear") -> Tensor:
@@ -282,6 +243,69 @@ class OracleTeacher(PyramidTeacher):
 
     def _degrade(self, maps: Tensor) -> Tensor:
         if self.text_embeddings.numel() == 0:
-            raise RuntimeError("OracleTeacher.prepare(scene, text_embeddings) must run before it is called")
+            raise RuntimeError(f"{type(self).__name__}.prepare(scene, text_embeddings) must run before it is called")
         tokens = degrade(maps, self.text_embeddings, self.patch_size, self.blur_sigma, self.noise_std, self._noise)
         return tokens * self.token_norm
+
+
+class OracleTeacher(OracleLabels, TokenTeacher):
+    """Degraded ground-truth token grids (the dense form): a test harness for scenes with ``labels``.
+
+    Each call crops the confused class maps and degrades them with fresh noise. Args: :class:`OracleLabels`'s.
+    """
+
+    def __init__(self, **degradation):
+        TokenTeacher.__init__(self)
+        self.use_labels(**degradation)
+
+    def prepare(self, scene: Scene, text_embeddings: Tensor) -> None:
+        self.draw(scene, text_embeddings)
+
+    def forward(self, batch: PatchBatch) -> Tensor:
+        """``[B, P/16, P/16, D]`` on the batch's device; ``batch.labels`` is not used (the confused maps are)."""
+        size = batch.crop_size
+        maps = torch.stack([
+            self.class_maps[v, r : r + size, c : c + size]
+            for v, (r, c) in zip(batch.views.tolist(), batch.top_left.tolist())
+        ])
+        return self._degrade(maps).to(batch.images.device)
+
+
+class OracleCrops(OracleLabels):
+    """Crops of the confused class maps embedded as the class text embeddings mixed by the crop's class shares, plus
+    noise, then scaled: the oracle's crop pyramids, drawn once in :meth:`prepare`."""
+
+    image_downsample: int
+
+    def prepare(self, scene: Scene, text_embeddings: Tensor) -> None:
+        self.draw(scene, text_embeddings)
+        PyramidTeacher.prepare(self, scene, text_embeddings)
+
+    def crop_embedder(self, scene: Scene, view: int) -> CropEmbedder:
+        class_map, text = self.class_maps[view], self.text_embeddings
+
+        def embed(boxes: list[Box]) -> Tensor:
+            shares = crop_class_shares(class_map, text.shape[0], boxes, self.image_downsample)
+            return add_noise(shares @ text.to(shares), self.noise_std, self._noise) * self.token_norm
+
+        return embed
+
+
+class OraclePixelPyramid(OracleCrops, PixelPyramid):
+    """The oracle as 3D-OVS's per-pixel crop pyramid. ``geometry``: :class:`PixelPyramid`'s (its ``seed`` is the
+    oracle's); ``degradation``: :class:`OracleLabels`'s."""
+
+    def __init__(self, divisors: tuple[int, ...] = (5, 7, 10), stride_fraction: float = 0.25,
+                 jitter_fraction: float = 0.25, image_downsample: int = 1, **degradation):
+        PixelPyramid.__init__(self, divisors, stride_fraction, jitter_fraction, image_downsample)
+        self.use_labels(**degradation)
+
+
+class OracleScalePyramid(OracleCrops, ScalePyramid):
+    """The oracle as LERF's crop pyramid. ``geometry``: :class:`ScalePyramid`'s; ``degradation``:
+    :class:`OracleLabels`'s."""
+
+    def __init__(self, scale_min: float = 0.05, scale_max: float = 0.5, num_layers: int = 7, overlap: float = 0.5,
+                 image_downsample: int = 1, **degradation):
+        ScalePyramid.__init__(self, scale_min, scale_max, num_layers, overlap, image_downsample)
+        self.use_labels(**degradation)

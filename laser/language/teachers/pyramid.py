@@ -1,17 +1,18 @@
 """Crop pyramids precomputed per image: the 3D-OVS (LASER.md §14.1) and LERF (§14.6) forms, whatever embeds a crop.
 
-:class:`PyramidTeacher` owns the crop geometry, the pyramids and their reading (:meth:`~PyramidTeacher.maps`,
-:meth:`~PyramidTeacher.query`, crop batches); a subclass only says how the crop boxes of one view become embeddings
-(CLIP's global embedding in ``pyramid_clip``, class shares of the labels in ``oracle``).
+:class:`PixelPyramid` and :class:`ScalePyramid` own the crop geometry, the pyramids and their reading
+(:meth:`~PixelPyramid.maps`, :meth:`~ScalePyramid.query`, crop batches); a subclass only says how the crop boxes of
+one view become embeddings (CLIP's global embedding in ``pyramid_clip``, class shares of the labels in ``oracle``).
 
-* ``ovs3d`` form: three crop sizes ``floor(min(H, W) / d)`` for ``d`` in (5, 7, 10), stride a quarter of the
-  crop, each crop randomly enlarged by up to a quarter of its size on every side; each crop's embedding is
-  painted on its pixels and overlapping crops are averaged: ``[S, D, H, W]`` per image (3D-OVS stores fp32).
-* ``lerf`` form: ``num_layers`` crop sizes evenly spaced between ``scale_min`` and ``scale_max`` (fractions of the
-  image height), each layer a grid of crops overlapping by ``overlap``; :meth:`PyramidTeacher.query` interpolates
-  trilinearly, between the 4 nearest crop centres in the layers just below and above a scale.
+* 3D-OVS (:class:`PixelPyramid`): three crop sizes ``floor(min(H, W) / d)`` for ``d`` in (5, 7, 10), stride a
+  quarter of the crop, each crop randomly enlarged by up to a quarter of its size on every side; each crop's
+  embedding is painted on its pixels and overlapping crops are averaged: ``[S, D, H, W]`` per image (3D-OVS stores
+  fp32).
+* LERF (:class:`ScalePyramid`): ``num_layers`` crop sizes evenly spaced between ``scale_min`` and ``scale_max``
+  (fractions of the image height), each layer a grid of crops overlapping by ``overlap``; :meth:`ScalePyramid.query`
+  interpolates trilinearly, between the 4 nearest crop centres in the layers just below and above a scale.
 
-Layer geometry of the LERF form, ours: crop centres on a uniform grid ``k * stride`` (``k = 0 ..``), starting at
+Layer geometry of the LERF pyramid, ours: crop centres on a uniform grid ``k * stride`` (``k = 0 ..``), starting at
 the image border and reaching at least the last pixel; crops are clipped to the image. Uniform centres make the
 bilinear interpolation exact and simple: pixel ``r`` sits at fractional grid index ``r / stride``.
 """
@@ -20,16 +21,16 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
 from laser.data.scene import Scene
-from laser.language.teachers.base import PatchBatch, Teacher
-
-FORMS = ("ovs3d", "lerf")
+from laser.errors import ConfigError
+from laser.data.patches import PatchBatch
+from laser.language.teachers.base import PixelPyramidTeacher, ScalePyramidTeacher, Teacher
 
 Box = tuple[int, int, int, int]               # (top, left, bottom, right) pixels, bottom and right exclusive
 CropEmbedder = Callable[[list[Box]], Tensor]  # boxes of one view -> [n, D] embeddings, in box order
@@ -175,56 +176,41 @@ def query_layers(layers: list[LerfLayer], pixel_rc: Tensor, scale: Tensor) -> Te
 
 
 class PyramidTeacher(Teacher):
-    """Crop pyramids of every view of a scene, for 3D-OVS (``form=ovs3d``) or LERF (``form=lerf``).
+    """Crop pyramids of every view of a scene, computed in :meth:`prepare`; :class:`PixelPyramid` (3D-OVS) and
+    :class:`ScalePyramid` (LERF) say which pyramid and how it is read.
 
-    The methods read the pyramid directly: :meth:`maps` (3D-OVS, per-pixel ``[S, D, H', W']``) and :meth:`query`
-    (LERF). Called on a crop batch, the teacher gives a token grid for interface compatibility: the mean over
-    scales of each 16x16 block (``ovs3d``), or the embedding at the crop's own scale at each token centre (``lerf``).
-
-    Subclasses implement :meth:`crop_embedder`. Pyramids are computed on the scene's images downsampled
-    ``image_downsample`` times, ``H' = H // image_downsample`` (3D-OVS computes them at x8 of the source images).
+    Subclasses implement :meth:`crop_embedder` (how a view's crop boxes become embeddings). Pyramids are computed on
+    the scene's images downsampled ``image_downsample`` times, ``H' = H // image_downsample`` (3D-OVS computes them
+    at x8 of the source images). Called on a crop batch, a pyramid teacher also gives a token grid (see each
+    subclass's :meth:`crop_tokens`), so that tools reading tokens work on every teacher.
 
     Args:
-        form: ``ovs3d`` or ``lerf``.
         image_downsample: integer downsampling of the pyramid images relative to the scene.
-        divisors, stride_fraction, jitter_fraction: ``ovs3d`` crop sizes ``min(H', W') // d``, stride and jitter
-            as fractions of the crop size.
-        scale_min, scale_max, num_layers, overlap: ``lerf`` layers.
         seed: the crop jitter's random seed.
     """
 
-    forms: tuple[str, ...] = FORMS
-
-    def __init__(
-        self,
-        form: str = "ovs3d",
-        image_downsample: int = 1,
-        divisors: tuple[int, ...] = (5, 7, 10),
-        stride_fraction: float = 0.25,
-        jitter_fraction: float = 0.25,
-        scale_min: float = 0.05,
-        scale_max: float = 0.5,
-        num_layers: int = 7,
-        overlap: float = 0.5,
-        seed: int = 0,
-    ):
+    def __init__(self, image_downsample: int = 1, seed: int = 0):
         super().__init__()
-        if form not in self.forms:
-            raise ValueError(f"{type(self).__name__} form must be one of {self.forms}, not {form!r}")
         if int(image_downsample) != image_downsample or image_downsample < 1:
-            raise ValueError(f"image_downsample must be a positive integer, not {image_downsample!r}")
-        self.form = form
+            raise ConfigError("teacher.image_downsample", f"must be a positive integer, not {image_downsample!r}")
         self.image_downsample = int(image_downsample)
-        self.divisors = tuple(divisors)
-        self.stride_fraction = stride_fraction
-        self.jitter_fraction = jitter_fraction
-        self.scale_min, self.scale_max, self.num_layers, self.overlap = scale_min, scale_max, num_layers, overlap
         self.seed = seed
-        self.pyramids: list = []  # per view: Tensor [S, D, H', W'] (ovs3d) or list[LerfLayer] (lerf)
+        self.pyramids: list = []  # per view, as :meth:`build_pyramid` returns it
         self.heights: list[int] = []  # per view: H', the pyramid image's height
 
     def crop_embedder(self, scene: Scene, view: int) -> CropEmbedder:
         """How the crops of ``view`` are embedded: a function of boxes in pyramid pixels (``H' x W'``)."""
+        raise NotImplementedError
+
+    def build_pyramid(self, embed: CropEmbedder, height: int, width: int, generator: torch.Generator):
+        """The pyramid of one ``height x width`` pyramid image."""
+        raise NotImplementedError
+
+    def check_size(self, scene: Scene, height: int, width: int) -> None:
+        """Refuse pyramid images too small for the geometry (before any crop is embedded)."""
+
+    def crop_tokens(self, view: int, row: int, col: int, size: int) -> Tensor:
+        """``[g, g, D]`` tokens of the crop of side ``size`` at ``(row, col)`` (scene pixels), ``g = size / 16``."""
         raise NotImplementedError
 
     def pyramid_size(self, scene: Scene) -> tuple[int, int]:
@@ -234,52 +220,89 @@ class PyramidTeacher(Teacher):
     def prepare(self, scene: Scene, text_embeddings: Tensor) -> None:
         generator = torch.Generator().manual_seed(self.seed)
         height, width = self.pyramid_size(scene)
-        if self.form == "ovs3d" and min(height, width) < max(self.divisors):
-            raise ValueError(f"the {width}x{height} pyramid images of scene '{scene.name}' are too small for crops "
-                             f"of min(H, W) / {max(self.divisors)} px: lower image_downsample (the scene's "
-                             f"ovs3d.pyramid_downsample) or the divisors")
+        self.check_size(scene, height, width)
         self.pyramids, self.heights = [], []
         for view in range(scene.num_views):
-            embed = self.crop_embedder(scene, view)
             self.heights.append(height)
-            if self.form == "ovs3d":
-                pyramid = ovs3d_pyramid(embed, height, width, self.divisors, self.stride_fraction,
-                                        self.jitter_fraction, generator)
-            else:
-                pyramid = lerf_pyramid(embed, height, width, self.scale_min, self.scale_max, self.num_layers,
-                                       self.overlap)
-            self.pyramids.append(pyramid)
-
-    def stored_bytes(self) -> int:
-        if self.form == "ovs3d":
-            return sum(maps.nbytes for maps in self.pyramids)
-        return sum(layer.embeddings.nbytes for layers in self.pyramids for layer in layers)
-
-    def maps(self, view: int) -> Tensor:
-        """3D-OVS form: ``[S, D, H', W']`` per-pixel embeddings of one view (H' = H // image_downsample)."""
-        if self.form != "ovs3d":
-            raise ValueError(f"maps() needs form=ovs3d, not {self.form!r}")
-        return self.pyramids[view]
-
-    def query(self, view: int, pixel_rc: Tensor, scale: Tensor) -> Tensor:
-        """LERF form: targets ``[R, D]`` at pixels ``[R, 2]`` (row, col, in pyramid pixels) and scales ``[R]``."""
-        if self.form != "lerf":
-            raise ValueError(f"query() needs form=lerf, not {self.form!r}")
-        return query_layers(self.pyramids[view], pixel_rc, scale)
+            self.pyramids.append(self.build_pyramid(self.crop_embedder(scene, view), height, width, generator))
 
     def forward(self, batch: PatchBatch) -> Tensor:
-        p, size, d = self.patch_size, batch.crop_size, self.image_downsample
-        grid = size // p
-        out = []
-        for view, (row, col) in zip(batch.views.tolist(), batch.top_left.tolist()):
-            if self.form == "ovs3d":
-                # Block means of the crop's region at pyramid resolution, averaged over the scales.
-                region = self.maps(view)[:, :, row // d : (row + size) // d, col // d : (col + size) // d]
-                tokens = F.adaptive_avg_pool2d(region.mean(dim=0), grid)          # [D, g, g]
-                out.append(tokens.permute(1, 2, 0))
-            else:
-                centres = (torch.arange(grid) * p + p / 2) / d
-                rc = torch.stack(torch.meshgrid(centres + row / d, centres + col / d, indexing="ij"), -1)
-                scale = torch.full((grid * grid,), size / d / self.heights[view])
-                out.append(self.query(view, rc.reshape(-1, 2), scale).reshape(grid, grid, -1))
+        out = [self.crop_tokens(view, row, col, batch.crop_size)
+               for view, (row, col) in zip(batch.views.tolist(), batch.top_left.tolist())]
         return torch.stack(out).to(batch.images.device)
+
+
+class PixelPyramid(PyramidTeacher, PixelPyramidTeacher):
+    """3D-OVS's pyramid: per view ``[S, D, H', W']`` per-pixel maps (:func:`ovs3d_pyramid`).
+
+    Args:
+        divisors, stride_fraction, jitter_fraction: crop sizes ``min(H', W') // d``, stride and jitter as fractions
+            of the crop size.
+        image_downsample, seed: as :class:`PyramidTeacher`.
+    """
+
+    def __init__(self, divisors: tuple[int, ...] = (5, 7, 10), stride_fraction: float = 0.25,
+                 jitter_fraction: float = 0.25, image_downsample: int = 1, seed: int = 0):
+        super().__init__(image_downsample, seed)
+        self.divisors = tuple(divisors)
+        self.stride_fraction = stride_fraction
+        self.jitter_fraction = jitter_fraction
+
+    def check_size(self, scene: Scene, height: int, width: int) -> None:
+        if min(height, width) < max(self.divisors):
+            raise ConfigError("teacher.image_downsample",
+                              f"the {width}x{height} pyramid images of scene '{scene.name}' are too small for crops "
+                              f"of min(H, W) / {max(self.divisors)} px: lower it or the divisors (teacher.divisors)")
+
+    def build_pyramid(self, embed: CropEmbedder, height: int, width: int, generator: torch.Generator) -> Tensor:
+        return ovs3d_pyramid(embed, height, width, self.divisors, self.stride_fraction, self.jitter_fraction,
+                             generator)
+
+    def stored_bytes(self) -> int:
+        return sum(maps.nbytes for maps in self.pyramids)
+
+    def maps(self, view: int) -> Tensor:
+        return self.pyramids[view]
+
+    def crop_tokens(self, view: int, row: int, col: int, size: int) -> Tensor:
+        """Block means of the crop's region at pyramid resolution, averaged over the scales."""
+        d = self.image_downsample
+        region = self.maps(view)[:, :, row // d : (row + size) // d, col // d : (col + size) // d]
+        return F.adaptive_avg_pool2d(region.mean(dim=0), size // self.patch_size).permute(1, 2, 0)
+
+
+class ScalePyramid(PyramidTeacher, ScalePyramidTeacher):
+    """LERF's pyramid: per view ``num_layers`` grids of crop embeddings (:func:`lerf_pyramid`), read trilinearly.
+
+    Args:
+        scale_min, scale_max, num_layers, overlap: the layers (crop sides as fractions of the image height).
+        image_downsample, seed: as :class:`PyramidTeacher`.
+    """
+
+    def __init__(self, scale_min: float = 0.05, scale_max: float = 0.5, num_layers: int = 7, overlap: float = 0.5,
+                 image_downsample: int = 1, seed: int = 0):
+        if not 0 < scale_min <= scale_max:
+            raise ConfigError("teacher.scale_min", f"LERF's image-plane scales need 0 < scale_min <= scale_max "
+                                                   f"(fractions of the image height), got scale_min={scale_min}, "
+                                                   f"scale_max={scale_max}")
+        super().__init__(image_downsample, seed)
+        self.scale_min, self.scale_max, self.num_layers, self.overlap = scale_min, scale_max, num_layers, overlap
+
+    def build_pyramid(self, embed: CropEmbedder, height: int, width: int,
+                      generator: torch.Generator) -> list[LerfLayer]:
+        return lerf_pyramid(embed, height, width, self.scale_min, self.scale_max, self.num_layers, self.overlap)
+
+    def stored_bytes(self) -> int:
+        return sum(layer.embeddings.nbytes for layers in self.pyramids for layer in layers)
+
+    def query(self, view: int, pixel_rc: Tensor, scale: Tensor) -> Tensor:
+        return query_layers(self.pyramids[view], pixel_rc, scale)
+
+    def crop_tokens(self, view: int, row: int, col: int, size: int) -> Tensor:
+        """The embedding at the crop's own scale at each token centre."""
+        p, d = self.patch_size, self.image_downsample
+        grid = size // p
+        centres = (torch.arange(grid) * p + p / 2) / d
+        rc = torch.stack(torch.meshgrid(centres + row / d, centres + col / d, indexing="ij"), -1)
+        scale = torch.full((grid * grid,), size / d / self.heights[view])
+        return self.query(view, rc.reshape(-1, 2), scale).reshape(grid, grid, -1)

@@ -1,7 +1,7 @@
 """Crop pyramids of global CLIP image embeddings: 3D-OVS (LASER.md §14.1) and LERF (§14.6).
 
-The crop geometry and the reading of the pyramids are :class:`~laser.language.teachers.pyramid.PyramidTeacher`'s;
-here each crop goes through CLIP's own preprocessing to its global image embedding (§14.1 step 4).
+The crop geometry and the reading of the pyramids are those of :mod:`laser.language.teachers.pyramid`; here each
+crop goes through CLIP's own preprocessing to its global image embedding (§14.1 step 4).
 """
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ from torch import Tensor
 
 from laser.data.scene import Scene
 from laser.language.clip_model import ClipModel
-from laser.language.teachers.pyramid import CropEmbedder, PyramidTeacher
+from laser.language.teachers.pyramid import CropEmbedder, PixelPyramid, ScalePyramid
 
 
 def global_embeddings(clip: ClipModel, crops: list[Tensor], batch_size: int = 64) -> Tensor:
@@ -45,19 +45,12 @@ def global_embeddings(clip: ClipModel, crops: list[Tensor], batch_size: int = 64
     return torch.cat(out)
 
 
-class PyramidClipTeacher(PyramidTeacher):
-    """Precomputed crop pyramids of global CLIP embeddings (fp32, not normalised), ``form`` ovs3d or lerf.
+class ClipCrops:
+    """Crops embedded by CLIP's global image embedding (fp32, not normalised), for a :class:`PyramidTeacher`."""
 
-    Args:
-        clip: the loaded CLIP.
-        form: ``ovs3d`` or ``lerf``.
-        batch_size: crops per CLIP forward.
-        **geometry: the crop geometry of :class:`PyramidTeacher` (``image_downsample``, ``divisors``, ...,
-            ``seed``).
-    """
+    image_downsample: int
 
-    def __init__(self, clip: ClipModel, form: str = "ovs3d", batch_size: int = 64, **geometry):
-        super().__init__(form, **geometry)
+    def use_clip(self, clip: ClipModel, batch_size: int) -> None:
         self.clip = clip
         self.batch_size = batch_size
         self.embed_dim = clip.embed_dim
@@ -76,3 +69,21 @@ class PyramidClipTeacher(PyramidTeacher):
         resized = F.interpolate(image.permute(2, 0, 1)[None], size=self.pyramid_size(scene), mode="bicubic",
                                 align_corners=False, antialias=True)
         return resized[0].permute(1, 2, 0).clamp(0, 1)
+
+
+class PixelPyramidClip(ClipCrops, PixelPyramid):
+    """3D-OVS's per-pixel crop pyramid of CLIP embeddings. ``batch_size``: crops per CLIP forward; ``geometry``:
+    :class:`PixelPyramid`'s."""
+
+    def __init__(self, clip: ClipModel, batch_size: int = 64, **geometry):
+        PixelPyramid.__init__(self, **geometry)
+        self.use_clip(clip, batch_size)
+
+
+class ScalePyramidClip(ClipCrops, ScalePyramid):
+    """LERF's crop pyramid of CLIP embeddings. ``batch_size``: crops per CLIP forward; ``geometry``:
+    :class:`ScalePyramid`'s."""
+
+    def __init__(self, clip: ClipModel, batch_size: int = 64, **geometry):
+        ScalePyramid.__init__(self, **geometry)
+        self.use_clip(clip, batch_size)
