@@ -21,11 +21,12 @@ Teachers are the label oracle's (their cost is in ``sampling``; the dense CLIP f
 ``bench_clip.py``'s). ``shaded_per_ray`` counts the samples heavy enough to be given semantics in one more batch:
 the stage-2 cost grows with it, and it depends on how sharp the field's surfaces are (a field resized from the CPU
 grid has softer ones than a field trained at 640^3). Phases are exclusive wall-clock times of the code they wrap
-(nested calls are subtracted from their callers), summed over the timed steps and divided by them: ``sampling`` (the supervision: rays and teacher
-targets), ``ray samples`` (sampling along the rays and the weights, density lookups excluded), ``field lookups``
-(density and appearance grids; LERF's hash grid), ``heads`` (semantic head, colour MLP, LERF's MLPs), ``ltqa``,
-``label volume`` (Laser's label volume, 3D-OVS's selector), ``adapter``, ``compositing``, ``losses``, ``backward``,
-``guard`` (the non-finite check), ``optimiser`` (zero_grad and Adam) and ``other`` (the rest of the step).
+(nested calls are subtracted from their callers), summed over the timed steps and divided by them: ``sampling``
+(the supervision: rays and teacher targets), ``ray samples`` (sampling along the rays and the weights, density
+lookups excluded), ``field lookups`` (density and appearance grids; LERF's hash grid), ``heads`` (semantic head,
+colour MLP, LERF's MLPs), ``ltqa``, ``label volume`` (Laser's label volume, 3D-OVS's selector), ``adapter``,
+``compositing``, ``losses``, ``backward``, ``guard`` (the non-finite check), ``optimiser`` (zero_grad and Adam) and
+``other`` (the rest of the step).
 ``s_per_step`` is timed in a separate pass without the wrappers. On CUDA every wrapper synchronises, so the
 breakdown costs time there; ``s_per_step`` does not.
 
