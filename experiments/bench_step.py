@@ -181,6 +181,8 @@ def instrument(stage, timer: PhaseTimer) -> None:
             else:
                 label = {"head": "heads", "labels": "label volume", "selector": "label volume"}.get(name, name)
                 timer.patch(module, "forward", label)
+                if name == "ltqa":                           # renders call its mix and project per ray
+                    timer.patch(module, "mix", label)
     else:
         timer.patch(field, "regularization", "losses")
 

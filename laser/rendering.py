@@ -62,6 +62,27 @@ def composite_packed(weights: Tensor, values: Tensor, mask: Tensor) -> Tensor:
     return out.index_add(0, ray, weights[mask][:, None] * values)
 
 
+def composite_affine(weights: Tensor, values: Tensor, mask: Tensor, affine: Callable[[Tensor], Tensor]) -> Tensor:
+    """``composite_packed(weights, affine(values), mask)`` for an affine map, composited on the narrow side first.
+
+    ``sum_i w_i (A x_i + b) = A (sum_i w_i x_i) + (sum_i w_i) b``: the map runs once per ray instead of once per
+    point, and the compositing (forward and backward) is over ``values``' width, not the map's output width. Equal up
+    to float rounding (``tests/test_rendering.py`` compares it with the reference, values and gradients).
+
+    Args:
+        weights: ``[R, S]``; mask: ``[R, S]`` bool; values: ``[P, K]`` packed for the points of ``mask``.
+        affine: an affine map ``[N, K] -> [N, D]`` (its offset ``b`` is ``affine(0)``).
+
+    Returns:
+        ``[R, D]``.
+    """
+    acc = composite_packed(weights, values.new_ones(len(values), 1), mask)            # [R, 1] sum of w_i
+    offset = affine(values.new_zeros(1, values.shape[-1]))                             # [1, D] b
+    out = affine(composite_packed(weights, values, mask)) + (acc - 1) * offset
+    # A ray without points is exactly 0, as the reference gives it (b - b rounds to a tiny vector of any direction).
+    return out.masked_fill(acc == 0, 0.0)
+
+
 def ray_weights(field: RadianceField, rays: Tensor, near_far: tuple[float, float], n_samples: int,
                 distance_scale: float = 25.0, generator: torch.Generator | None = None) -> dict[str, Tensor]:
     """Samples along ``rays`` ``[R, 6]`` and their rendering weights from ``field``'s density.

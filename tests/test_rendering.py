@@ -1,8 +1,12 @@
 import torch
 
 from laser.fields.base import RadianceField
-from laser.rendering import (composite, compositing_weights, render_in_chunks, render_rays, sample_along_rays,
-                             samples_per_ray)
+import pytest
+from torch import nn
+
+from laser.modules.ltqa import LTQA
+from laser.rendering import (composite, composite_affine, composite_packed, compositing_weights, render_in_chunks,
+                             render_rays, sample_along_rays, samples_per_ray)
 
 
 class Wall(RadianceField):
@@ -87,3 +91,33 @@ def test_alpha_mask_culls_empty_space_without_changing_the_image():
 def test_samples_per_ray_rule():
     assert samples_per_ray([161, 161, 80], 0.5, 10**6) == 482   # LASER.md §2
     assert samples_per_ray([161, 161, 80], 0.5, 100) == 100
+
+
+@pytest.mark.parametrize("kind", ["linear", "three_linear", "ltqa_projection"])
+def test_composite_affine_matches_compositing_the_mapped_values(kind):
+    # The fast path (composite the narrow values, map each ray) against the reference (map every point, composite),
+    # in values and in the gradients of the values and of the map's parameters. Ray 2 has no shaded point.
+    torch.manual_seed(0)
+    affine = {"linear": nn.Linear(6, 40), "three_linear": nn.Sequential(nn.Linear(6, 8), nn.Linear(8, 8),
+                                                                        nn.Linear(8, 40)),
+              "ltqa_projection": LTQA(in_dim=40, dim=6).out}[kind].double()
+    weights = torch.rand(4, 7, dtype=torch.float64)
+    mask = torch.rand(4, 7) > 0.4
+    mask[2] = False
+    values = torch.randn(int(mask.sum()), 6, dtype=torch.float64, requires_grad=True)
+    target = torch.randn(4, 40, dtype=torch.float64)
+
+    def run(fn):
+        values.grad = None
+        affine.zero_grad()
+        out = fn()
+        (out * target).sum().backward()
+        return out.detach(), values.grad.clone(), [p.grad.clone() for p in affine.parameters()]
+
+    fast = run(lambda: composite_affine(weights, values, mask, affine))
+    reference = run(lambda: composite_packed(weights, affine(values), mask))
+    torch.testing.assert_close(fast[0], reference[0])
+    assert torch.equal(fast[0][2], torch.zeros(40, dtype=torch.float64))      # no point, no feature
+    torch.testing.assert_close(fast[1], reference[1])
+    for a, b in zip(fast[2], reference[2]):
+        torch.testing.assert_close(a, b)

@@ -24,7 +24,7 @@ from laser.modules.adapter import Adapter, distillation_loss, self_cross_loss
 from laser.modules.label_volume import LabelVolume, ce_students, label_ce_loss, label_targets, ray_distribution
 from laser.modules.ltqa import LTQA
 from laser.modules.semantic_head import SemanticHead
-from laser.rendering import composite_packed
+from laser.rendering import composite_affine, composite_packed
 
 
 class LaserSegmentation(SegmentationStage):
@@ -82,9 +82,11 @@ class LaserSegmentation(SegmentationStage):
         xyz = samples["points"][shaded]
         app = self.field.app_features(xyz)
         semantics = self.head(app)
-        if self.ltqa is not None:
-            semantics = self.ltqa(semantics)
-        out = {"features": composite_packed(weights, semantics, shaded),
+        if self.ltqa is not None:                  # W_u is linear: composite the d-dim mix, then map each ray
+            features = composite_affine(weights, self.ltqa.mix(semantics), shaded, self.ltqa.out)
+        else:
+            features = composite_packed(weights, semantics, shaded)
+        out = {"features": features,
                "rgb": composite_packed(weights, self.field.color(app, samples["viewdirs"][shaded]), shaded)}
         if self.labels is not None and train:                            # only the CE loss reads the slots
             out["slots"] = ray_distribution(self.labels(self.field.normalize(xyz)), weights, shaded)

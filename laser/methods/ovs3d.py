@@ -33,7 +33,7 @@ from laser.modules.dino_correlation import dino_correlation_loss
 from laser.modules.label_volume import LabelVolume, ray_distribution
 from laser.modules.relevancy import js_divergence
 from laser.modules.semantic_head import SemanticHead
-from laser.rendering import composite_packed
+from laser.rendering import composite_affine, composite_packed
 
 
 class OVS3DSegmentation(SegmentationStage):
@@ -80,7 +80,10 @@ class OVS3DSegmentation(SegmentationStage):
         weights, shaded = samples["weights"], samples["shaded"]
         xyz = samples["points"][shaded]
         app = self.field.app_features(xyz)
-        out = {"features": composite_packed(weights, self.head(app), shaded),
+        # An affine head (3D-OVS's) maps each ray's composited appearance instead of every point's.
+        features = (composite_affine(weights, app, shaded, self.head) if self.head.affine
+                    else composite_packed(weights, self.head(app), shaded))
+        out = {"features": features,
                "rgb": composite_packed(weights, self.field.color(app, samples["viewdirs"][shaded]), shaded)}
         if train:
             out["scales"] = ray_distribution(self.selector(self.field.normalize(xyz)), weights, shaded)

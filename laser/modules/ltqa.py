@@ -40,9 +40,15 @@ class LTQA(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         """All valid points of one render chunk ``[N_p, in_dim]`` -> ``[N_p, in_dim]`` (``[0, in_dim]`` if empty)."""
+        return self.out(self.mix(x))
+
+    def mix(self, x: Tensor) -> Tensor:
+        """``A1 (A2 V) + Q`` ``[N_p, d]``, before the linear map ``W_u`` (``self.out``, no bias): a renderer may
+        composite this narrow mix along the rays and apply ``W_u`` per ray
+        (:func:`laser.rendering.composite_affine`)."""
         if x.shape[0] == 0:
-            return x.new_zeros(0, self.out.out_features)
+            return x.new_zeros(0, self.dim)
         q, k, v = self.qkv(x).split(self.dim, dim=-1)
         point_to_agent = torch.softmax(q @ self.queries.T, dim=-1)    # A1 [N_p, M]
         agent_to_point = torch.softmax(self.queries @ k.T, dim=-1)    # A2 [M, N_p]
-        return self.out(point_to_agent @ (agent_to_point @ v) + q)
+        return point_to_agent @ (agent_to_point @ v) + q

@@ -26,6 +26,7 @@ class SemanticHead(nn.Module):
         if activation is not None and activation not in ACTIVATIONS:
             raise ValueError(f"activation must be one of {sorted(ACTIVATIONS)} or None, not {activation!r}")
         act = ACTIVATIONS[activation] if activation is not None else nn.Identity
+        self.affine = activation is None            # three linear maps: one affine map (3D-OVS)
         self.net = nn.Sequential(nn.Linear(in_dim, hidden), act(), nn.Linear(hidden, hidden), act(),
                                  nn.Linear(hidden, out_dim))
 
