@@ -180,9 +180,10 @@ def instrument(stage, timer: PhaseTimer) -> None:
                 timer.patch(module, "dino", "heads")
             else:
                 label = {"head": "heads", "labels": "label volume", "selector": "label volume"}.get(name, name)
-                timer.patch(module, "forward", label)
-                if name == "ltqa":                           # renders call its mix and project per ray
-                    timer.patch(module, "mix", label)
+                # Renders may call a part's pieces instead of its forward (see LaserSegmentation.render).
+                for piece in {"ltqa": ("forward", "mix", "mix_after"), "head": ("forward", "hidden")}.get(
+                        name, ("forward",)):
+                    timer.patch(module, piece, label)
     else:
         timer.patch(field, "regularization", "losses")
 

@@ -56,3 +56,30 @@ def test_empty_chunk_and_gradients_reach_every_parameter():
     ltqa(torch.randn(30, 512)).square().sum().backward()
     for name, p in ltqa.named_parameters():
         assert p.grad is not None and p.grad.abs().sum() > 0, name
+
+
+def test_mix_after_a_linear_map_matches_mixing_its_output():
+    # The fused path (W_qkv W as one map) against the reference (the in_dim-wide linear output, then W_qkv), in
+    # values and in the gradients of the input and of every parameter; with and without a bias, and no points.
+    torch.manual_seed(0)
+    ltqa = LTQA(in_dim=40, dim=6).double()
+    for bias in (True, False):
+        linear = torch.nn.Linear(12, 40, bias=bias).double()
+        h = torch.randn(30, 12, dtype=torch.float64, requires_grad=True)
+        target = torch.randn(30, 6, dtype=torch.float64)
+        results = []
+        for fused in (True, False):
+            h.grad = None
+            ltqa.zero_grad()
+            linear.zero_grad()
+            out = ltqa.mix_after(linear, h) if fused else ltqa.mix(linear(h))
+            (out * target).sum().backward()
+            grads = [h.grad.clone(), *(p.grad.clone() for p in (*ltqa.parameters(), *linear.parameters())
+                                       if p.grad is not None)]
+            results.append((out.detach(), grads))
+        (fast, fast_grads), (reference, reference_grads) = results
+        torch.testing.assert_close(fast, reference)
+        assert len(fast_grads) == len(reference_grads)
+        for a, b in zip(fast_grads, reference_grads):
+            torch.testing.assert_close(a, b)
+    assert ltqa.mix_after(linear, torch.zeros(0, 12, dtype=torch.float64)).shape == (0, 6)

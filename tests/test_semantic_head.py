@@ -33,3 +33,11 @@ def test_shapes_and_unknown_activation():
     assert SemanticHead()(torch.randn(10, 27)).shape == (10, 512)
     with pytest.raises(ValueError):
         SemanticHead(activation="gelu_typo")
+
+
+def test_hidden_then_last_is_the_head():
+    torch.manual_seed(0)
+    head = SemanticHead()
+    x = torch.randn(5, 27)
+    torch.testing.assert_close(head.last(head.hidden(x)), head(x))
+    assert head.last is head.net[-1] and not head.affine and SemanticHead(activation=None).affine

@@ -81,11 +81,13 @@ class LaserSegmentation(SegmentationStage):
         weights, shaded = samples["weights"], samples["shaded"]
         xyz = samples["points"][shaded]
         app = self.field.app_features(xyz)
-        semantics = self.head(app)
-        if self.ltqa is not None:                  # W_u is linear: composite the d-dim mix, then map each ray
-            features = composite_affine(weights, self.ltqa.mix(semantics), shaded, self.ltqa.out)
+        if self.ltqa is not None:
+            # The 512-d semantics are never formed: the head's last layer and LTQA's W_qkv are one linear map, and
+            # W_u is linear, so the d-dim mix is composited and mapped per ray. Equal up to float rounding.
+            mix = self.ltqa.mix_after(self.head.last, self.head.hidden(app))
+            features = composite_affine(weights, mix, shaded, self.ltqa.out)
         else:
-            features = composite_packed(weights, semantics, shaded)
+            features = composite_packed(weights, self.head(app), shaded)
         out = {"features": features,
                "rgb": composite_packed(weights, self.field.color(app, samples["viewdirs"][shaded]), shaded)}
         if self.labels is not None and train:                            # only the CE loss reads the slots

@@ -19,6 +19,7 @@ of all rays in the chunk, and keep the chunk size the same in training and evalu
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 
@@ -46,9 +47,20 @@ class LTQA(nn.Module):
         """``A1 (A2 V) + Q`` ``[N_p, d]``, before the linear map ``W_u`` (``self.out``, no bias): a renderer may
         composite this narrow mix along the rays and apply ``W_u`` per ray
         (:func:`laser.rendering.composite_affine`)."""
-        if x.shape[0] == 0:
-            return x.new_zeros(0, self.dim)
-        q, k, v = self.qkv(x).split(self.dim, dim=-1)
+        return self._attend(self.qkv(x))
+
+    def mix_after(self, linear: nn.Linear, h: Tensor) -> Tensor:
+        """``mix(linear(h))`` without the ``in_dim``-wide ``linear(h)``: ``W_qkv (W h + b) = (W_qkv W) h + W_qkv b``
+        is one map of ``h`` ``[N_p, k]`` to ``3d`` (for Laser's semantic head, 128 -> 144 instead of 128 -> 512 ->
+        144). Equal to ``mix(linear(h))`` up to float rounding, in values and gradients (``tests/test_ltqa.py``)."""
+        bias = None if linear.bias is None else self.qkv.weight @ linear.bias
+        return self._attend(F.linear(h, self.qkv.weight @ linear.weight, bias))
+
+    def _attend(self, qkv: Tensor) -> Tensor:
+        """``[N_p, 3d]`` stacked Q | K | V -> ``A1 (A2 V) + Q`` ``[N_p, d]`` (``[0, d]`` if empty)."""
+        if qkv.shape[0] == 0:
+            return qkv.new_zeros(0, self.dim)
+        q, k, v = qkv.split(self.dim, dim=-1)
         point_to_agent = torch.softmax(q @ self.queries.T, dim=-1)    # A1 [N_p, M]
         agent_to_point = torch.softmax(self.queries @ k.T, dim=-1)    # A2 [M, N_p]
         return point_to_agent @ (agent_to_point @ v) + q

@@ -33,3 +33,13 @@ class SemanticHead(nn.Module):
     def forward(self, features: Tensor) -> Tensor:
         """``[P, in_dim]`` -> ``[P, out_dim]``."""
         return self.net(features)
+
+    @property
+    def last(self) -> nn.Linear:
+        """The final linear layer (``hidden -> out_dim``)."""
+        return self.net[-1]
+
+    def hidden(self, features: Tensor) -> Tensor:
+        """Everything before :attr:`last`: ``[P, in_dim]`` -> ``[P, hidden]``, so that ``last(hidden(x))`` is
+        ``forward(x)``."""
+        return self.net[:-1](features)
