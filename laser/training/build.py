@@ -59,7 +59,8 @@ def check_teacher(cfg: DictConfig) -> None:
     given = get_class(cfg.teacher._target_)
     if not issubclass(given, wanted):
         method = get_class(cfg.model._target_).name
-        raise ConfigError("teacher", f"{method} learns from a {wanted.__name__} ({wanted.__doc__.splitlines()[0]}); "
+        summary = wanted.__doc__.splitlines()[0].rstrip(".")
+        raise ConfigError("teacher", f"{method} learns from a {wanted.__name__} ({summary}); "
                                      f"{given.__name__} is not one. Choose the teacher's source with "
                                      f"teacher_source=clip|oracle (its class follows the method), or "
                                      f"teacher=<source>/{method}")
