@@ -168,11 +168,9 @@ class SegmentationStage:
         raise NotImplementedError
 
     def extra_state(self) -> dict:
-        """Method state beyond modules, field, optimizer and supervision."""
+        """Method state beyond modules, field, optimizer and supervision, saved with them (LERF records what shaped
+        its parameters, and checks it in its own load_state_dict)."""
         return {}
-
-    def load_extra_state(self, state: dict) -> None:
-        pass
 
     # --- shared pieces -------------------------------------------------------------------------------------------
     def shaded_samples(self, rays: Tensor, train: bool) -> dict[str, Tensor]:
@@ -313,4 +311,3 @@ class SegmentationStage:
         self.generator.set_state(state["generator"])
         self.teacher.set_rng_state(state["teacher_rng"])
         self.supervision.load_state_dict(state["supervision"])
-        self.load_extra_state(state)

@@ -33,14 +33,11 @@ class Prepared:
     teacher: Teacher       # prepared for ``scene``
 
 
-def check_steps(key: str, n_iters: int) -> None:
-    if n_iters < 1:
-        raise ConfigError(key, f"a stage needs at least one training step, not {n_iters}")
-
-
 def build_reconstruction(cfg: DictConfig, device: torch.device) -> tuple[Reconstruction, dict]:
     """Stage 1 on the scene at its reconstruction resolution, and the identity its checkpoint must match."""
-    check_steps("reconstruction.n_iters", cfg.reconstruction.n_iters)
+    if cfg.reconstruction.n_iters < 1:
+        raise ConfigError("reconstruction.n_iters", f"a stage needs at least one training step, not "
+                                                    f"{cfg.reconstruction.n_iters}")
     if cfg.reconstruction.eval_chunk < 1:
         raise ConfigError("reconstruction.eval_chunk", f"a render call needs at least one ray, not "
                                                        f"{cfg.reconstruction.eval_chunk}")
