@@ -91,6 +91,40 @@ def test_pos_embed_interpolation_identity_and_shapes(clip):
     torch.testing.assert_close(interpolate_pos_embed(constant, (14, 14), (7, 9)), torch.ones(1 + 63, 4))
 
 
+def sclip_reference(pos_embed, rows, cols):
+    """SCLIP's ``interpolate_pos_encoding`` (wangf3014/SCLIP clip/model.py), as the official Laser runs it."""
+    native, dim = round((pos_embed.shape[0] - 1) ** 0.5), pos_embed.shape[1]
+    grid = pos_embed[1:].reshape(1, native, native, dim).permute(0, 3, 1, 2)
+    out = torch.nn.functional.interpolate(grid, scale_factor=((rows + 0.1) / native, (cols + 0.1) / native),
+                                          mode="bicubic")
+    return torch.cat([pos_embed[:1], out.permute(0, 2, 3, 1).reshape(-1, dim)])
+
+
+@pytest.mark.parametrize("grid", [(12, 12), (16, 16), (12, 20)])
+def test_scale_factor_interpolation_is_sclips_and_differs_from_resizing(clip, grid):
+    pos = clip.model.visual.positional_embedding.detach()
+    official = interpolate_pos_embed(pos, (14, 14), grid, "scale_factor")
+    torch.testing.assert_close(official, sclip_reference(pos, *grid))
+    resized = interpolate_pos_embed(pos, (14, 14), grid, "resize")
+    relative = ((official - resized)[1:].norm(dim=-1) / resized[1:].norm(dim=-1)).mean()
+    assert 1e-3 < relative < 0.2                                     # same grid, sampled at other positions
+    assert interpolate_pos_embed(pos, (14, 14), (14, 14), "scale_factor") is pos
+    # Rows and columns are not swapped: an embedding that varies along rows only still does.
+    by_row = torch.cat([torch.zeros(1, 3), torch.arange(14.0).repeat_interleave(14)[:, None].expand(-1, 3)])
+    out = interpolate_pos_embed(by_row, (14, 14), grid, "scale_factor")[1:, 0].reshape(grid)
+    torch.testing.assert_close(out, out[:, :1].expand(grid))
+
+
+def test_each_mode_defaults_to_its_official_interpolation(clip):
+    assert DenseClip(clip, "sclip").pos_interpolation == "scale_factor"
+    assert DenseClip(clip, "maskclip").pos_interpolation == "resize"
+    assert DenseClip(clip, "sclip", pos_interpolation="resize").pos_interpolation == "resize"
+    with pytest.raises(ValueError, match="pos_interpolation"):
+        DenseClip(clip, "sclip", pos_interpolation="nearest")
+    images = torch.rand(2, 192, 192, 3)
+    assert not torch.allclose(DenseClip(clip)(images), DenseClip(clip, pos_interpolation="resize")(images))
+
+
 def test_forward_shapes_and_size_check(clip):
     dense = DenseClip(clip)
     assert dense(torch.rand(3, 192, 256, 3)).shape == (3, 12, 16, 512)

@@ -105,3 +105,19 @@ def test_crop_not_a_multiple_of_the_token_is_rejected(scene, size):
 def test_bad_views_are_rejected(scene):
     with pytest.raises(ValueError, match="views"):
         PatchSampler(scene, P, 1, views=[8])
+
+
+def test_views_walk_through_permutations_by_default(scene):
+    views = sorted(scene.train_views)
+    steps = 2 * len(views)                                             # 3 crops a step: 6 whole permutations
+    sampler = PatchSampler(scene, P, 3, seed=5)
+    order = torch.cat([sampler.sample().batch.views for _ in range(steps)]).tolist()
+    assert all(sorted(order[i : i + len(views)]) == views for i in range(0, len(order), len(views)))
+    with_replacement = PatchSampler(scene, P, 3, seed=5, view_order="replacement")
+    drawn = torch.cat([with_replacement.sample().batch.views for _ in range(steps)]).tolist()
+    assert any(sorted(drawn[i : i + len(views)]) != views for i in range(0, len(drawn), len(views)))
+
+
+def test_an_unknown_view_order_is_a_config_error(scene):
+    with pytest.raises(ValueError, match="model.supervision.view_order.*'shuffle'"):
+        PatchSampler(scene, P, 1, view_order="shuffle")

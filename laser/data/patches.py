@@ -51,13 +51,21 @@ class PatchSampler:
     """Draws ``patch_num`` random ``patch_size`` crops per call from ``views`` of ``scene``.
 
     Crop corners are uniform over every pixel position that keeps the crop inside the image (not aligned to the
-    token grid), as in the official loader. Positions come from the sampler's own seeded generator, whose state
-    :meth:`state_dict` saves so that a resumed run draws the same crops (the official code is unseeded).
+    token grid), as in the official loader. The crops' views follow ``view_order``:
+
+    * ``permutation`` (the official ``InfiniteSampler``): consecutive crops walk through random permutations of the
+      views, one after another, so a step repeats a view only where it straddles two permutations.
+    * ``replacement``: each crop's view drawn independently (most steps of 8 crops then repeat a view).
+
+    Everything comes from the sampler's own seeded generator, whose state (and the rest of the current
+    permutation) :meth:`state_dict` saves so that a resumed run draws the same crops (the official code is unseeded).
     """
 
+    VIEW_ORDERS = ("permutation", "replacement")
+
     def __init__(self, scene: Scene, patch_size: int, patch_num: int, token_size: int = 16,
-                 views: list[int] | None = None, seed: int = 0):
-        self.check(scene, patch_size, patch_num, token_size)
+                 views: list[int] | None = None, seed: int = 0, view_order: str = "permutation"):
+        self.check(scene, patch_size, patch_num, token_size, view_order)
         self.views = list(scene.train_views if views is None else views)
         if not self.views or not all(0 <= v < scene.num_views for v in self.views):
             raise ValueError(f"views {self.views} must be a non-empty list of view indices of scene '{scene.name}' "
@@ -69,9 +77,12 @@ class PatchSampler:
         # Rays of every sampled view once, so that a crop is a slice (a 3D-OVS view at x5 is a few MB).
         self.view_rays = torch.stack([scene.rays(v).reshape(scene.height, scene.width, 6) for v in self.views])
         self.generator = torch.Generator().manual_seed(seed)
+        self.view_order = view_order
+        self.pending = torch.empty(0, dtype=torch.long)   # the rest of the current permutation of view slots
 
-    @staticmethod
-    def check(scene: Scene, patch_size: int, patch_num: int, token_size: int = 16) -> None:
+    @classmethod
+    def check(cls, scene: Scene, patch_size: int, patch_num: int, token_size: int = 16,
+              view_order: str = "permutation") -> None:
         """Refuse crop settings that cannot work on ``scene``, with the setting to change; cheap, so a run can call
         it before training anything."""
         if patch_size <= 0 or token_size <= 0 or patch_size % token_size:
@@ -84,6 +95,8 @@ class PatchSampler:
                               f"downsampling (scene.downsample.patch)")
         if patch_num <= 0:
             raise ConfigError("model.supervision.patch_num", f"crops per step must be positive, got {patch_num}")
+        if view_order not in cls.VIEW_ORDERS:
+            raise ConfigError("model.supervision.view_order", f"must be one of {cls.VIEW_ORDERS}, not {view_order!r}")
 
     @property
     def grid_size(self) -> int:
@@ -93,7 +106,7 @@ class PatchSampler:
     def sample(self) -> PatchSample:
         """Draw one step's crops: ``B = patch_num`` crops of ``P x P`` pixels and their ``B*g*g`` token rays."""
         b, p, g = self.patch_num, self.patch_size, self.grid_size
-        slots = torch.randint(len(self.views), (b,), generator=self.generator)
+        slots = self._view_slots(b)
         rows = torch.randint(self.scene.height - p + 1, (b,), generator=self.generator)
         cols = torch.randint(self.scene.width - p + 1, (b,), generator=self.generator)
         views = torch.tensor(self.views)[slots]
@@ -113,9 +126,20 @@ class PatchSampler:
         batch = PatchBatch(images=images, views=views, top_left=torch.stack([rows, cols], dim=1), labels=labels)
         return PatchSample(batch=batch, rays=blocks[:, :6], rgb=blocks[:, 6:], grid=(b, g, g))
 
+    def _view_slots(self, count: int) -> Tensor:
+        """``[count]`` indices into ``self.views`` in the configured ``view_order``."""
+        if self.view_order == "replacement":
+            return torch.randint(len(self.views), (count,), generator=self.generator)
+        while len(self.pending) < count:
+            self.pending = torch.cat([self.pending, torch.randperm(len(self.views), generator=self.generator)])
+        slots, self.pending = self.pending[:count], self.pending[count:]
+        return slots
+
     def state_dict(self) -> dict[str, Any]:
-        """The generator state: restoring it replays the crops that would have followed."""
-        return {"generator": self.generator.get_state()}
+        """The generator state and the permutation in progress: restoring them replays the crops that would have
+        followed."""
+        return {"generator": self.generator.get_state(), "pending": self.pending.clone()}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.generator.set_state(state["generator"])
+        self.pending = state["pending"].clone()

@@ -37,19 +37,37 @@ def correlative_attention(q: Tensor, k: Tensor, scale: float) -> Tensor:
     return query_term + key_term
 
 
-def interpolate_pos_embed(pos_embed: Tensor, native_grid: tuple[int, int], grid: tuple[int, int]) -> Tensor:
+POS_INTERPOLATIONS = ("scale_factor", "resize")
+
+
+def interpolate_pos_embed(pos_embed: Tensor, native_grid: tuple[int, int], grid: tuple[int, int],
+                          method: str = "resize") -> Tensor:
     """Resize a ViT positional embedding ``[1 + h0*w0, C]`` to ``[1 + h*w, C]`` (class row kept as is).
 
-    Bicubic, ``align_corners=False`` (§3.2-3.3). The identity when ``grid == native_grid``: the embedding is
-    returned untouched so the native size reproduces CLIP exactly.
+    Bicubic, ``align_corners=False`` (§3.2-3.3), in one of two ways that give the same grid but sample it
+    differently:
+
+    * ``resize`` (MaskCLIP's): the output grid spans the native one exactly (``size=(h, w)``).
+    * ``scale_factor`` (SCLIP's and so the official Laser's, DINO's ``+0.1`` trick): ``scale_factor=(h + 0.1) /
+      h0``, whose floor is ``h`` output rows but whose sampling step is ``h0 / (h + 0.1)``; tokens differ from
+      ``resize`` by about 1.5 % at 192 / 256 px crops (LASER.md rulings).
+
+    The identity when ``grid == native_grid``: the embedding is returned untouched so the native size reproduces
+    CLIP exactly (both official paths skip the interpolation there).
     """
+    if method not in POS_INTERPOLATIONS:
+        raise ValueError(f"positional-embedding interpolation must be one of {POS_INTERPOLATIONS}, not {method!r}")
     if tuple(grid) == tuple(native_grid):
         return pos_embed
     cls_row, patch_rows = pos_embed[:1], pos_embed[1:]
     width = pos_embed.shape[-1]
     patch_grid = patch_rows.reshape(1, native_grid[0], native_grid[1], width).permute(0, 3, 1, 2)
     # Interpolate in fp32: bicubic on half tensors is not implemented on every device.
-    resized = F.interpolate(patch_grid.float(), size=grid, mode="bicubic", align_corners=False)
+    if method == "resize":
+        resized = F.interpolate(patch_grid.float(), size=grid, mode="bicubic", align_corners=False)
+    else:
+        factor = tuple((g + 0.1) / g0 for g, g0 in zip(grid, native_grid))
+        resized = F.interpolate(patch_grid.float(), scale_factor=factor, mode="bicubic", align_corners=False)
     resized = resized.to(pos_embed.dtype).permute(0, 2, 3, 1).reshape(grid[0] * grid[1], width)
     return torch.cat([cls_row, resized], dim=0)
 
@@ -60,9 +78,12 @@ class DenseClip(nn.Module):
     Args:
         clip: the loaded CLIP (weights frozen, shared, not copied).
         mode: ``sclip`` (correlative self-attention) or ``maskclip`` (value path).
+        pos_interpolation: how crops other than CLIP's native size get their positional embedding
+            (:func:`interpolate_pos_embed`); null: each mode's official way, ``scale_factor`` for SCLIP, ``resize``
+            for MaskCLIP.
     """
 
-    def __init__(self, clip: ClipModel, mode: str = "sclip"):
+    def __init__(self, clip: ClipModel, mode: str = "sclip", pos_interpolation: str | None = None):
         super().__init__()
         if mode not in MODES:
             raise ValueError(f"dense CLIP mode must be one of {MODES}, not {mode!r}")
@@ -75,6 +96,10 @@ class DenseClip(nn.Module):
         self.clip = clip
         self.visual = visual
         self.mode = mode
+        self.pos_interpolation = pos_interpolation or ("scale_factor" if mode == "sclip" else "resize")
+        if self.pos_interpolation not in POS_INTERPOLATIONS:
+            raise ValueError(f"pos_interpolation must be one of {POS_INTERPOLATIONS} or null, "
+                             f"not {pos_interpolation!r}")
 
     @property
     def patch_size(self) -> int:
@@ -93,7 +118,7 @@ class DenseClip(nn.Module):
         tokens = patches.flatten(2).transpose(1, 2)                         # [B, h*w, width]
         cls = visual.class_embedding.to(tokens.dtype).expand(tokens.shape[0], 1, -1)
         tokens = torch.cat([cls, tokens], dim=1)
-        pos = interpolate_pos_embed(visual.positional_embedding, self.native_grid, grid)
+        pos = interpolate_pos_embed(visual.positional_embedding, self.native_grid, grid, self.pos_interpolation)
         return visual.ln_pre(tokens + pos.to(tokens.dtype))
 
     def last_block(self, x: Tensor) -> Tensor:

@@ -62,13 +62,13 @@ class TokenRays(Supervision):
     teacher_type = TokenTeacher
 
     def __init__(self, scene: Scene, teacher: Teacher, text: SceneText, device: torch.device, seed: int,
-                 patch_size: int = 256, patch_num: int = 8):
+                 patch_size: int = 256, patch_num: int = 8, view_order: str = "permutation"):
         self.device = device
-        self.sampler = PatchSampler(scene, patch_size, patch_num, seed=seed)
+        self.sampler = PatchSampler(scene, patch_size, patch_num, seed=seed, view_order=view_order)
 
     @classmethod
-    def check(cls, scene: Scene, patch_size: int = 256, patch_num: int = 8) -> None:
-        PatchSampler.check(scene, patch_size, patch_num)
+    def check(cls, scene: Scene, patch_size: int = 256, patch_num: int = 8, view_order: str = "permutation") -> None:
+        PatchSampler.check(scene, patch_size, patch_num, view_order=view_order)
 
     def sample(self, teacher: TokenTeacher) -> dict[str, Any]:
         sample = self.sampler.sample()
@@ -110,7 +110,7 @@ class PixelPyramidRays(Supervision):
                  dino_model: str = "vit_base_patch8_224.dino"):
         self.check(scene, batch_size, clip_input, patch_size, patch_num)
         self.scene, self.device, self.batch_size = scene, device, batch_size
-        self.patches = PatchSampler(scene, patch_size, patch_num, DINO_PATCH, seed=seed)
+        self.patches = PatchSampler(scene, patch_size, patch_num, DINO_PATCH, seed=seed, view_order="replacement")
         self.dino: DinoExtractor | None = None
         self.dino_weights, self.dino_model = dino_weights, dino_model
         self._dino_pending = use_dino

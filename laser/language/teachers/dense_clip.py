@@ -28,6 +28,8 @@ class DenseClipTeacher(TokenTeacher):
     Args:
         clip: the loaded CLIP.
         mode: ``sclip`` (Laser's default) or ``maskclip`` (Laser's ``lawn`` config).
+        pos_interpolation: the positional embedding of crops other than 224 px (``scale_factor`` or ``resize``,
+            :func:`~laser.language.dense_clip.interpolate_pos_embed`); null: the mode's official way.
         cache_dir: folder for precomputed whole-view features; null computes every crop on the fly, as Laser does.
         window: sliding-window side in pixels for the cache.
         stride: sliding-window step in pixels for the cache.
@@ -38,13 +40,14 @@ class DenseClipTeacher(TokenTeacher):
         self,
         clip: ClipModel,
         mode: str = "sclip",
+        pos_interpolation: str | None = None,
         cache_dir: str | None = None,
         window: int = 224,
         stride: int = 112,
         batch_size: int = 16,
     ):
         super().__init__()
-        self.dense = DenseClip(clip, mode)
+        self.dense = DenseClip(clip, mode, pos_interpolation)
         self.cache_dir = cache_dir
         self.window, self.stride, self.batch_size = window, stride, batch_size
         self.patch_size = clip.patch_size
@@ -57,6 +60,7 @@ class DenseClipTeacher(TokenTeacher):
             "teacher": "dense_clip",
             "clip": self.dense.clip.identity,
             "mode": self.dense.mode,
+            "pos_interpolation": self.dense.pos_interpolation,
             "window": self.window,
             "stride": self.stride,
             "images": list(scene.images.shape),
