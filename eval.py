@@ -7,7 +7,10 @@
 Each run is rebuilt from the config Hydra saved beside it (``.hydra/config.yaml``) and its checkpoints: the test
 views are re-rendered (PSNR, SSIM) and, where stage 2 was trained, the annotated views are segmented (3D-OVS mIoU
 and accuracy, overlays and per-class relevancy maps). ``<out>/results.{md,csv,json}`` hold one row per run; for a
-sweep, ``<out>/miou_by_scene.*`` has one row per configuration and one column per scene plus their mean.
+sweep, ``<out>/miou_by_scene.*`` has one row per configuration and one column per scene plus their mean. Jobs that
+differ only in their stage-2 seed (``model.seed``) are one configuration: ``<out>/seeds.*`` gives each
+configuration and scene the mean, min, max and standard deviation over its seeds, and ``miou_by_scene`` the mean.
+Several sweeps below one folder make one table (``experiments/benchmark_stage2.sh``).
 """
 
 from __future__ import annotations
@@ -23,7 +26,7 @@ from hydra.utils import get_class
 from omegaconf import DictConfig, OmegaConf
 
 from laser.errors import CheckpointError, LaserError
-from laser.evaluation.tables import pivot, write_tables
+from laser.evaluation.tables import pivot, seed_summary, write_tables
 from laser.training import checkpoint
 from laser.training.build import build_reconstruction, build_segmentation, prepare_segmentation
 from laser.training.loop import cost_columns
@@ -90,8 +93,8 @@ def recorded_run(folder: Path) -> dict:
 
 
 def configuration(label: str) -> str:
-    """A sweep job's overrides without its scene: the row of the configuration x scene table."""
-    return ",".join(o for o in label.split(",") if not o.startswith("scene=")) or "default"
+    """A sweep job's overrides without its scene and stage-2 seed: the row of the configuration x scene table."""
+    return ",".join(o for o in label.split(",") if not o.startswith(("scene=", "model.seed="))) or "default"
 
 
 def evaluate_all(cfg: DictConfig) -> None:
@@ -103,8 +106,12 @@ def evaluate_all(cfg: DictConfig) -> None:
         row = evaluate_run(run, out / label.replace("/", "_"), device) if cfg.render else recorded_run(run)
         rows.append({"run": label, **row})
     print(write_tables(rows, out), end="")
-    if len(rows) > 1 and "miou" in rows[0]:
-        table = pivot([{**r, "configuration": configuration(r["run"])} for r in rows], "configuration", "scene", "miou")
+    segmented = [{**r, "configuration": configuration(r["run"])} for r in rows if r.get("miou") is not None]
+    if len(segmented) > 1:
+        seeds = seed_summary(segmented, ("configuration", "scene"), "miou")
+        if any(r["n_seeds"] > 1 for r in seeds):
+            print(write_tables(seeds, out, name="seeds", with_mean=False), end="")
+        table = pivot(seeds, "configuration", "scene", "miou")
         print(write_tables(table, out, name="miou_by_scene", with_mean=False), end="")
 
 

@@ -1,4 +1,6 @@
-"""The oracle teacher (a test harness): degradation shapes, exactness without degradation, consistent confusion."""
+"""The oracle teacher (a test harness): degradation shapes, exactness without degradation, consistent confusion,
+with the ``label_blur`` noise model where a test checks exact values (the dense-CLIP-like model:
+``test_language_clip_like.py``)."""
 
 import pytest
 import torch
@@ -51,7 +53,7 @@ def test_degrade_shapes_and_patch_average():
 
 def test_no_confusion_no_noise_gives_labels_on_patch_interiors():
     labels = block_labels()
-    teacher = OracleTeacher(object_share=0.0, view_share=0.0, noise_std=0.0, blur_sigma=1.0)
+    teacher = OracleTeacher(noise_model="label_blur", object_share=0.0, view_share=0.0, noise_std=0.0, blur_sigma=1.0)
     teacher.prepare(make_scene(labels), text())
     for view in range(3):
         tokens = teacher.full_image(view)
@@ -90,7 +92,7 @@ def test_view_confusion_is_independent_per_view_and_seeded():
 
 def test_teacher_crops_match_the_full_image_tokens():
     labels = block_labels()
-    teacher = OracleTeacher(object_share=0.25, view_share=0.2, noise_std=0.0, blur_sigma=0.0)
+    teacher = OracleTeacher(noise_model="label_blur", object_share=0.25, view_share=0.2, noise_std=0.0, blur_sigma=0.0)
     teacher.prepare(make_scene(labels), text())
     batch = PatchBatch(images=torch.rand(2, 64, 64, 3), views=torch.tensor([1, 2]),
                        top_left=torch.tensor([[32, 48], [64, 96]]))
@@ -101,7 +103,7 @@ def test_teacher_crops_match_the_full_image_tokens():
 
 
 def test_noise_has_the_configured_norm():
-    teacher = OracleTeacher(object_share=0.0, view_share=0.0, noise_std=2.0, blur_sigma=0.0)
+    teacher = OracleTeacher(noise_model="label_blur", object_share=0.0, view_share=0.0, noise_std=2.0, blur_sigma=0.0)
     teacher.prepare(make_scene(block_labels()), text())
     tokens = teacher.full_image(1)
     noise = tokens - degrade(teacher.class_maps[1:2], text(), blur_sigma=0.0)[0]
@@ -110,7 +112,7 @@ def test_noise_has_the_configured_norm():
 
 def test_pyramid_crop_embedding_is_the_class_share_mix():
     scene, t = make_scene(block_labels(views=2)), text(dim=32)
-    teacher = OraclePixelPyramid(object_share=0.0, view_share=0.0, noise_std=0.0)
+    teacher = OraclePixelPyramid(noise_model="label_blur", object_share=0.0, view_share=0.0, noise_std=0.0)
     teacher.prepare(scene, t)
     # Rows 56..79 x cols 72..87: 8 rows above the class 0/1 | 2/3 border at 64, 16 below; 8 columns each side of 80.
     # The bottom 8 rows of view 0 are unlabelled: they dilute the crop (a zero embedding), 128 of its 256 pixels.
@@ -118,7 +120,8 @@ def test_pyramid_crop_embedding_is_the_class_share_mix():
     embed = teacher.crop_embedder(scene, 0)
     torch.testing.assert_close(embed([(56, 72, 80, 88), (112, 0, 128, 16)]), expected)
     # With a downsampled pyramid a box is in pyramid pixels: (28, 36, 40, 44) is the first box above at x2.
-    half = OraclePixelPyramid(object_share=0.0, view_share=0.0, noise_std=0.0, image_downsample=2)
+    half = OraclePixelPyramid(noise_model="label_blur", object_share=0.0, view_share=0.0, noise_std=0.0,
+                              image_downsample=2)
     half.prepare(scene, t)
     torch.testing.assert_close(half.crop_embedder(scene, 0)([(28, 36, 40, 44)]), expected[:1])
     assert half.maps(0).shape == (3, 32, 64, 80)
@@ -130,10 +133,10 @@ def test_pyramid_crop_embedding_is_the_class_share_mix():
 
 def test_pyramid_crops_use_the_confused_maps_and_are_noisy():
     scene, t = make_scene(block_labels(views=2)), text(dim=32)
-    confused = OraclePixelPyramid(object_share=1.0, object_view_prob=1.0, noise_std=0.0)
+    confused = OraclePixelPyramid(noise_model="label_blur", object_share=1.0, object_view_prob=1.0, noise_std=0.0)
     confused.prepare(scene, t)
     torch.testing.assert_close(confused.maps(1)[:, :, 0, 0], t[most_similar_other(t)[0]].expand(3, 32))
-    noisy = OraclePixelPyramid(object_share=0.0, view_share=0.0, noise_std=2.0)
+    noisy = OraclePixelPyramid(noise_model="label_blur", object_share=0.0, view_share=0.0, noise_std=2.0)
     noisy.prepare(scene, t)
     noise = noisy.crop_embedder(scene, 1)([(0, 0, 32, 32)] * 200) - t[0]
     assert abs(noise.norm(dim=-1).mean().item() - 2.0) < 0.1
@@ -141,8 +144,8 @@ def test_pyramid_crops_use_the_confused_maps_and_are_noisy():
 
 
 def test_lerf_query_on_the_oracle_interpolates_class_mixes():
-    teacher = OracleScalePyramid(object_share=0.0, view_share=0.0, noise_std=0.0, num_layers=2,
-                            scale_min=0.125, scale_max=0.25, overlap=0.5)
+    teacher = OracleScalePyramid(noise_model="label_blur", object_share=0.0, view_share=0.0, noise_std=0.0,
+                                 num_layers=2, scale_min=0.125, scale_max=0.25, overlap=0.5)
     t = text(dim=32)
     teacher.prepare(make_scene(block_labels(views=2)), t)
     # Pixel (4, 76), scale midway. Layer 0 (16-px crops every 8 px): columns 72 (pure class 0) and 80 (half 0,
@@ -170,7 +173,7 @@ def test_token_norm_scales_tokens_and_crops_noise_included():
     scene, t = make_scene(block_labels(views=2)), text(dim=32)
     for kind, read in ((OracleTeacher, lambda teacher: teacher.full_image(1)),
                        (OraclePixelPyramid, lambda teacher: teacher.crop_embedder(scene, 1)([(0, 0, 32, 32)] * 50))):
-        unit, scaled = (kind(noise_std=1.0, token_norm=norm, seed=3) for norm in (1.0, 10.0))
+        unit, scaled = (kind(noise_model="label_blur", noise_std=1.0, token_norm=norm, seed=3) for norm in (1.0, 10.0))
         unit.prepare(scene, t)
         scaled.prepare(scene, t)
         torch.testing.assert_close(read(scaled), 10.0 * read(unit))
@@ -178,7 +181,7 @@ def test_token_norm_scales_tokens_and_crops_noise_included():
 
 def test_pixel_scores_are_the_tokens_cosines_upsampled_to_the_view():
     labels = block_labels()[:, :100, :150]                              # not a multiple of the 16-px token
-    teacher = OracleTeacher(object_share=0.0, view_share=0.0, noise_std=0.0, blur_sigma=0.0)
+    teacher = OracleTeacher(noise_model="label_blur", object_share=0.0, view_share=0.0, noise_std=0.0, blur_sigma=0.0)
     teacher.prepare(make_scene(labels), text())
     tokens = torch.nn.functional.normalize(teacher.full_image(1), dim=-1) @ text().T
     nearest = teacher.pixel_scores(1, mode="nearest")

@@ -3,7 +3,7 @@ import json
 
 import pytest
 
-from laser.evaluation.tables import markdown_table, pivot, write_tables
+from laser.evaluation.tables import markdown_table, pivot, seed_summary, write_tables
 
 ROWS = [
     {"run": "a", "scene": "bed", "step": 100, "miou": 0.5, "accuracy_pct": 80.0},
@@ -96,3 +96,14 @@ def test_pivot_refuses_duplicate_cells_and_clashing_names():
         pivot([{"c": "x", "scene": "bed", "v": 1.0}, {"c": "x", "scene": "bed", "v": 2.0}], "c", "scene", "v")
     with pytest.raises(ValueError, match="clash"):
         pivot([{"c": "x", "scene": "mean", "v": 1.0}], "c", "scene", "v")
+
+
+def test_seed_summary_averages_the_seeds_of_each_cell():
+    runs = [{"configuration": "full", "scene": "bed", "miou": v} for v in (0.2, 0.4, 0.3)]
+    runs.append({"configuration": "plain", "scene": "bed", "miou": 0.5})
+    table = seed_summary(runs, ("configuration", "scene"), "miou")
+    assert table[0] == {"configuration": "full", "scene": "bed", "miou": pytest.approx(0.3), "min": 0.2, "max": 0.4,
+                        "std": pytest.approx(0.1), "n_seeds": 3}
+    assert table[1] == {"configuration": "plain", "scene": "bed", "miou": 0.5, "min": 0.5, "max": 0.5, "std": 0.0,
+                        "n_seeds": 1}
+    assert pivot(table, "configuration", "scene", "miou")[0]["bed"] == pytest.approx(0.3)

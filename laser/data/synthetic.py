@@ -135,7 +135,50 @@ OBJECTS: tuple[SceneObject, ...] = (
                         cap=(0.30, 0.20, 0.12))),
 )
 
-CLASSES: tuple[str, ...] = tuple(obj.prompt for obj in OBJECTS)
+# A second arrangement with other objects (same cameras, lighting and look-alike design): a desk against a brick
+# wall, objects in two rows with a tall one at the back right, so that results can be checked on more than one
+# layout. Its classes.txt order is as deliberately unsorted as the first's.
+DESK_OBJECTS: tuple[SceneObject, ...] = (
+    SceneObject("grey desk",
+                (Primitive("box", (0.0, TABLE_TOP - 5.0, (TABLE_FRONT + WALL_Z) / 2),
+                           (12.0, 5.0, (TABLE_FRONT - WALL_Z) / 2)),),
+                Texture((0.55, 0.56, 0.58), (0.42, 0.43, 0.46), "checker", period=0.9, noise=0.05),
+                movable=False),
+    SceneObject("brick wall", (Primitive("plane", (0.0, 0.0, WALL_Z)),),
+                Texture((0.72, 0.36, 0.26), (0.60, 0.28, 0.20), "stripes", period=0.35, axis=1, noise=0.05),
+                movable=False),
+    SceneObject("orange", (Primitive("ellipsoid", _on_table(-1.15, -2.75, 0.25), (0.26, 0.25, 0.26)),),
+                Texture((0.95, 0.50, 0.10), (0.85, 0.40, 0.08), "gradient", period=0.5, axis=1, noise=0.05)),
+    SceneObject("orange box", (Primitive("box", _on_table(1.25, -3.05, 0.2), (0.32, 0.2, 0.22), yaw=15.0),),
+                Texture((0.92, 0.48, 0.12), (0.80, 0.38, 0.10), "stripes", period=0.4, axis=0, noise=0.03)),
+    SceneObject("green tennis ball", (Primitive("ellipsoid", _on_table(0.15, -2.35, 0.14), (0.14, 0.14, 0.14)),),
+                Texture((0.62, 0.80, 0.18), (0.92, 0.94, 0.85), "tips", period=0.14, axis=1, noise=0.04)),
+    SceneObject("green cup", (Primitive("cylinder", _on_table(-0.45, -3.55, 0.22), (0.18, 0.22, 0.0)),),
+                Texture((0.22, 0.62, 0.30), (0.16, 0.50, 0.24), "stripes", period=0.25, axis=1, noise=0.03,
+                        cap=(0.10, 0.25, 0.12))),
+    SceneObject("white egg", (Primitive("ellipsoid", _on_table(0.75, -2.55, 0.13), (0.10, 0.13, 0.10)),),
+                Texture((0.95, 0.93, 0.88), (0.90, 0.87, 0.80), "gradient", period=0.26, axis=1, noise=0.02)),
+    SceneObject("white candle", (Primitive("cylinder", _on_table(1.8, -4.15, 0.42), (0.11, 0.42, 0.0)),),
+                Texture((0.96, 0.95, 0.90), (0.88, 0.86, 0.80), "gradient", period=0.84, axis=1, noise=0.02,
+                        cap=(0.40, 0.38, 0.34))),
+    SceneObject("purple notebook",
+                (Primitive("box", _on_table(-1.85, -3.9, 0.3), (0.26, 0.3, 0.05), yaw=-25.0),),
+                Texture((0.45, 0.22, 0.60), (0.58, 0.34, 0.72), "stripes", period=0.45, axis=1, noise=0.03)),
+)
+
+LAYOUTS: dict[str, tuple[SceneObject, ...]] = {"table": OBJECTS, "desk": DESK_OBJECTS}
+CLASSES: tuple[str, ...] = tuple(obj.prompt for obj in OBJECTS)   # the default layout's
+
+
+def layout_classes(layout: str = "table") -> tuple[str, ...]:
+    """The prompts of ``layout``, in classes.txt order."""
+    return tuple(obj.prompt for obj in _layout(layout))
+
+
+def _layout(layout: str) -> tuple[SceneObject, ...]:
+    if layout not in LAYOUTS:
+        raise ValueError(f"unknown synthetic layout {layout!r}; the generator has {sorted(LAYOUTS)}")
+    return LAYOUTS[layout]
 
 LIGHT = np.array([-0.30, 0.60, 0.75]) / np.linalg.norm([-0.30, 0.60, 0.75])   # toward the light, world frame
 AMBIENT, DIFFUSE = 0.40, 0.60
@@ -349,8 +392,9 @@ def _shade(objects: tuple[SceneObject, ...], noises: list[Noise], o: np.ndarray,
 # The scene of one seed, and its cameras
 # ----------------------------------------------------------------------------------------------------------------
 
-def scene_objects(seed: int = 0) -> tuple[tuple[SceneObject, ...], list[Noise]]:
-    """The objects of :data:`OBJECTS` with this seed's jitter (colours, positions, yaws), and their noises.
+def scene_objects(seed: int = 0, layout: str = "table") -> tuple[tuple[SceneObject, ...], list[Noise]]:
+    """The objects of ``layout`` (:data:`LAYOUTS`) with this seed's jitter (colours, positions, yaws), and their
+    noises.
 
     The class set and order never change with the seed.
     """
@@ -362,7 +406,7 @@ def scene_objects(seed: int = 0) -> tuple[tuple[SceneObject, ...], list[Noise]]:
         return tuple(float(c) for c in np.clip(np.asarray(color) + rng.uniform(-COLOR_JITTER, COLOR_JITTER, 3), 0, 1))
 
     objects, noises = [], []
-    for obj in OBJECTS:
+    for obj in _layout(layout):
         texture = replace(obj.texture, color=jitter(obj.texture.color), color2=jitter(obj.texture.color2))
         dx, dz = rng.uniform(-POSITION_JITTER, POSITION_JITTER, 2) if obj.movable else (0.0, 0.0)
         dyaw = rng.uniform(-YAW_JITTER, YAW_JITTER) if obj.movable else 0.0
@@ -462,9 +506,9 @@ def annotated_views(views: int, annotated: int) -> list[int]:
 # Writing the dataset
 # ----------------------------------------------------------------------------------------------------------------
 
-def _parameters(seed: int, width: int, height: int, views: int, annotated: int) -> dict:
+def _parameters(seed: int, width: int, height: int, views: int, annotated: int, layout: str = "table") -> dict:
     return {"generator": "laser.data.synthetic", "version": VERSION, "seed": seed, "width": width,
-            "height": height, "views": views, "annotated": annotated}
+            "height": height, "views": views, "annotated": annotated, "layout": layout}
 
 
 def _read_parameters(out: Path) -> dict | None:
@@ -475,7 +519,8 @@ def _read_parameters(out: Path) -> dict | None:
         return None
     if not isinstance(info, dict) or info.get("generator") != "laser.data.synthetic":
         return None
-    return {key: info.get(key) for key in _parameters(0, 0, 0, 0, 0)}
+    # Scenes written before layouts existed are the default layout.
+    return {key: info.get(key, "table" if key == "layout" else None) for key in _parameters(0, 0, 0, 0, 0)}
 
 
 def _save_png(array: np.ndarray, path: Path) -> None:
@@ -483,9 +528,11 @@ def _save_png(array: np.ndarray, path: Path) -> None:
     Image.fromarray(array).save(path, format="PNG", optimize=False, compress_level=6)
 
 
-def _write_scene(folder: Path, seed: int, width: int, height: int, views: int, annotated: int) -> None:
+def _write_scene(folder: Path, seed: int, width: int, height: int, views: int, annotated: int,
+                 layout: str = "table") -> None:
     """Render every view and write the complete dataset into ``folder`` (which exists and is empty)."""
-    objects, noises = scene_objects(seed)
+    objects, noises = scene_objects(seed, layout)
+    classes = layout_classes(layout)
     c2w = camera_poses(views)
     focal = focal_length(width)
     digits = max(2, len(str(views - 1)))
@@ -507,18 +554,18 @@ def _write_scene(folder: Path, seed: int, width: int, height: int, views: int, a
     np.save(folder / "poses_bounds.npy", poses_bounds)
 
     seg = folder / "segmentations"
-    (seg / "classes.txt").write_text("".join(f"{c}\n" for c in CLASSES))
+    (seg / "classes.txt").write_text("".join(f"{c}\n" for c in classes))
     for v in annotated_views(views, annotated):
         (seg / stems[v]).mkdir()
-        for k, prompt in enumerate(CLASSES, start=1):
+        for k, prompt in enumerate(classes, start=1):
             _save_png(np.where(label_maps[v] == k, 255, 0).astype(np.uint8), seg / stems[v] / f"{prompt}.png")
 
-    info = _parameters(seed, width, height, views, annotated) | {"classes": list(CLASSES), "focal": focal}
+    info = _parameters(seed, width, height, views, annotated, layout) | {"classes": list(classes), "focal": focal}
     (folder / "synthetic.json").write_text(json.dumps(info, indent=2, sort_keys=True) + "\n")
 
 
 def generate(out: str | Path, seed: int = 0, width: int = 320, height: int = 240, views: int = 24,
-             annotated: int = 4, force: bool = False) -> Path:
+             annotated: int = 4, force: bool = False, layout: str = "table") -> Path:
     """Write the synthetic scene into ``out`` and return its path.
 
     Nothing is done when ``out`` already holds a scene generated with the same parameters (unless ``force``). A
@@ -531,11 +578,12 @@ def generate(out: str | Path, seed: int = 0, width: int = 320, height: int = 240
     if min(width, height, views, annotated) < 1:
         raise ValueError(f"need width, height, views and annotated all >= 1 "
                          f"(got {width}x{height}, {views} views, {annotated} annotated)")
-    wanted = _parameters(seed, width, height, views, annotated)
+    _layout(layout)
+    wanted = _parameters(seed, width, height, views, annotated, layout)
     if out.exists() and not force:
         existing = _read_parameters(out)
         if existing == wanted:
-            print(f"{out}: synthetic scene already exists (seed {seed}, {width}x{height}, {views} views); "
+            print(f"{out}: synthetic scene already exists ({layout}, seed {seed}, {width}x{height}, {views} views); "
                   f"use --force to regenerate")
             return out
         if existing is None:
@@ -544,7 +592,7 @@ def generate(out: str | Path, seed: int = 0, width: int = 320, height: int = 240
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
     try:
-        _write_scene(tmp, seed, width, height, views, annotated)
+        _write_scene(tmp, seed, width, height, views, annotated, layout)
         os.chmod(tmp, 0o755)                  # mkdtemp makes it private; the scene is ordinary data
         if out.exists():
             # Two renames, so `out` never holds a mixture of the old and the new scene.
@@ -557,14 +605,16 @@ def generate(out: str | Path, seed: int = 0, width: int = 320, height: int = 240
     finally:
         if tmp.exists():
             shutil.rmtree(tmp)
-    print(f"{out}: wrote synthetic scene (seed {seed}, {width}x{height}, {views} views, {len(CLASSES)} classes)")
+    print(f"{out}: wrote synthetic scene ({layout}, seed {seed}, {width}x{height}, {views} views, "
+          f"{len(layout_classes(layout))} classes)")
     return out
 
 
 def ensure_scene(out: str | Path, seed: int = 0, width: int = 320, height: int = 240, views: int = 24,
-                 annotated: int = 4) -> Path:
+                 annotated: int = 4, layout: str = "table") -> Path:
     """The synthetic scene at ``out``, generated only when it is missing (or was made with other parameters)."""
-    return generate(out, seed=seed, width=width, height=height, views=views, annotated=annotated, force=False)
+    return generate(out, seed=seed, width=width, height=height, views=views, annotated=annotated, force=False,
+                    layout=layout)
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -576,10 +626,12 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--height", type=int, default=240)
     parser.add_argument("--views", type=int, default=24)
     parser.add_argument("--annotated", type=int, default=4, help="views with segmentation masks")
+    parser.add_argument("--layout", default="table", choices=sorted(LAYOUTS),
+                        help="which objects and arrangement: table (the default scene) or desk")
     parser.add_argument("--force", action="store_true", help="regenerate even if the scene exists")
     args = parser.parse_args(argv)
     generate(args.out, seed=args.seed, width=args.width, height=args.height, views=args.views,
-             annotated=args.annotated, force=args.force)
+             annotated=args.annotated, force=args.force, layout=args.layout)
 
 
 if __name__ == "__main__":

@@ -1,5 +1,6 @@
-"""Result tables: rows of flat dicts written as Markdown, CSV and JSON, and the pivot that turns a sweep
-(one row per configuration and scene) into a comparison table (one row per configuration, one column per scene).
+"""Result tables: rows of flat dicts written as Markdown, CSV and JSON; the seed summary that averages a sweep's
+seeds of one configuration and scene (mean and spread); and the pivot that turns a sweep (one row per configuration
+and scene) into a comparison table (one row per configuration, one column per scene).
 """
 
 from __future__ import annotations
@@ -128,4 +129,19 @@ def pivot(rows: list[Row], row_key: str, column_key: str, value_key: str) -> lis
         present = {str(column): value for (other, column), value in cells.items() if other == label}
         table.append({row_key: label, **{c: present.get(c) for c in columns},
                       "mean": math.fsum(present.values()) / len(present), count_key: len(present)})
+    return table
+
+
+def seed_summary(rows: list[Row], keys: tuple[str, ...], value_key: str) -> list[Row]:
+    """One row per distinct ``keys`` values: ``value_key``'s mean, min, max and standard deviation over the rows
+    that share them (a configuration's seeds), and ``n_seeds``. Keys keep their order of first appearance."""
+    groups: dict[tuple[Value, ...], list[float]] = {}
+    for row in rows:
+        groups.setdefault(tuple(row[k] for k in keys), []).append(float(row[value_key]))
+    table = []
+    for key, values in groups.items():
+        mean = math.fsum(values) / len(values)
+        spread = math.sqrt(math.fsum((v - mean) ** 2 for v in values) / (len(values) - 1)) if len(values) > 1 else 0.0
+        table.append({**dict(zip(keys, key)), value_key: mean, "min": min(values), "max": max(values), "std": spread,
+                      "n_seeds": len(values)})
     return table
