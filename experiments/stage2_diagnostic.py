@@ -34,6 +34,7 @@ from hydra import compose, initialize_config_dir  # noqa: E402
 from laser.evaluation.metrics import segmentation_metrics  # noqa: E402
 from laser.training import checkpoint  # noqa: E402
 from laser.training.build import build_reconstruction, build_segmentation, prepare_segmentation  # noqa: E402
+from laser.training.loop import read_figures  # noqa: E402
 from laser.training.run import resolve_device, seed_everything  # noqa: E402
 
 
@@ -98,7 +99,7 @@ def main() -> None:
     for target in sorted(int(s) for s in args.steps.split(",")):
         start = time.perf_counter()
         while done < target:
-            losses = stage.train_step(done)
+            losses = read_figures(stage.train_step(done))
             done += 1
         train_s += time.perf_counter() - start
         line = {"step": done, "train_s": round(train_s, 1), **evaluate(stage, args.every),

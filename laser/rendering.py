@@ -96,9 +96,8 @@ def ray_weights(field: RadianceField, rays: Tensor, near_far: tuple[float, float
     deltas = torch.cat([t[:, 1:] - t[:, :-1], torch.zeros_like(t[:, :1])], dim=-1) * direction_norm
     viewdirs = (rays[:, 3:] / direction_norm)[:, None].expand_as(points)
     valid = field.occupied(points.reshape(-1, 3)).reshape(t.shape)
-    sigma = torch.zeros_like(t)
-    if valid.any():
-        sigma = sigma.masked_scatter(valid, field.density(points[valid]))
+    # No "if valid.any()": it would read a value back from the device; an empty selection renders as nothing.
+    sigma = torch.zeros_like(t).masked_scatter(valid, field.density(points[valid]))
     return {"t": t, "points": points, "viewdirs": viewdirs,
             "weights": compositing_weights(sigma, deltas * distance_scale)}
 
@@ -115,10 +114,8 @@ def render_rays(field: RadianceField, rays: Tensor, near_far: tuple[float, float
     samples = ray_weights(field, rays, near_far, n_samples, distance_scale, generator)
     t, points, weights = samples["t"], samples["points"], samples["weights"]
     shaded = weights > weight_threshold
-    rgb = torch.zeros_like(points)
-    if shaded.any():
-        features = field.app_features(points[shaded])
-        rgb = rgb.masked_scatter(shaded[..., None], field.color(features, samples["viewdirs"][shaded]))
+    features = field.app_features(points[shaded])
+    rgb = torch.zeros_like(points).masked_scatter(shaded[..., None], field.color(features, samples["viewdirs"][shaded]))
     acc = weights.sum(dim=-1)
     rgb_map = composite(weights, rgb)
     if background is not None:

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from laser.training.build import build_reconstruction, build_segmentation, prepare_segmentation
-from laser.training.loop import fit
+from laser.training.loop import fit, read_figures
 from laser.training.run import setup_run
 from test_laser_stage import config
 
@@ -49,7 +49,7 @@ def test_stage2_runs_reproduce_the_recorded_figures(tiny_scene, tmp_path, case):
     stage, _ = build_segmentation(cfg, prepared, reconstruction.field, run.device)
     assert stage.n_iters == len(recorded["steps"])
     for step, expected in enumerate(recorded["steps"]):
-        logged = stage.train_step(step)
+        logged = read_figures(stage.train_step(step))
         assert logged.keys() == expected.keys(), step
         for key, value in expected.items():
             assert logged[key] == pytest.approx(value, rel=1e-5, abs=1e-6), (step, key)

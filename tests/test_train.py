@@ -157,14 +157,21 @@ def test_a_non_finite_loss_term_stops_the_run_and_keeps_the_last_good_checkpoint
     assert all(torch.isfinite(v).all() for v in saved["stage"]["modules"]["head"].values())
 
 
-def test_a_non_finite_gradient_stops_the_step_before_the_optimiser(tiny_scene, tmp_path):
-    _, _, stage, _ = laser_stage(tiny_scene, tmp_path / "run")
+def test_a_non_finite_gradient_skips_the_step_on_the_device_and_is_reported(tiny_scene, tmp_path):
+    _, _, stage, _ = laser_stage(tiny_scene, tmp_path / "run")                  # joint phase from step 2
     weight = stage.head.net[0].weight
     before = weight.detach().clone()
-    weight.register_hook(lambda grad: grad * float("inf"))
+    hook = weight.register_hook(lambda grad: grad * float("inf"))
+    stage.train_step(0)                                              # returns: nothing waits for the device
+    assert torch.equal(weight.detach(), before)                      # nothing of the step was applied
+    assert stage.optimizer.state[weight]["exp_avg"].abs().max() == 0  # nor to Adam's moments
+    hook.remove()
+    stage.train_step(1)                                              # later steps go on, the first bad one is kept
+    assert not torch.equal(weight.detach(), before)
     with pytest.raises(NonFiniteError, match="step 0: the gradient of head.net.0.weight is not finite"):
-        stage.train_step(0)
-    assert torch.equal(weight.detach(), before)                  # nothing of the step was applied
+        stage.check_finite()
+    with pytest.raises(NonFiniteError, match="step 0: the gradient"):
+        stage.train_step(2)                                          # the phase change reads the record too
 
 
 def test_a_non_finite_stage_1_figure_stops_the_run(tiny_scene, tmp_path):
@@ -209,3 +216,54 @@ def test_train_py_prints_an_actionable_error_without_a_traceback(tmp_path):
     assert out.returncode == 1
     assert out.stderr.startswith("error: ") and "scene folder not found" in out.stderr and "3D-OVS" in out.stderr
     assert "Traceback" not in out.stderr and "Error executing job" not in out.stderr
+
+
+SYNCING = ("item", "tolist", "cpu", "numpy", "__bool__", "__float__", "__int__")   # calls that wait for a GPU
+
+
+def count_syncs(monkeypatch, stage) -> list[str]:
+    """Patch the tensor methods that read values back to the host; record those called outside the supervision's
+    sampling (which runs on the host by design, as a data loader would)."""
+    calls, sampling = [], [False]
+    for name in SYNCING:
+        original = getattr(torch.Tensor, name)
+
+        def counted(self, *args, _original=original, _name=name, **kwargs):
+            if not sampling[0]:
+                calls.append(_name)
+            return _original(self, *args, **kwargs)
+        monkeypatch.setattr(torch.Tensor, name, counted)
+    sample = stage.supervision.sample
+
+    def host_sampling(teacher):
+        sampling[0] = True
+        try:
+            return sample(teacher)
+        finally:
+            sampling[0] = False
+    monkeypatch.setattr(stage.supervision, "sample", host_sampling)
+    return calls
+
+
+@pytest.mark.parametrize("method", ["laser", "ovs3d", "lerf"])
+def test_a_stage_2_step_reads_nothing_back_from_the_device(tiny_scene, tmp_path, monkeypatch, method):
+    from laser.training.build import build_segmentation, prepare_segmentation
+    from test_laser_stage import config as laser_config
+    from test_regression import LERF, OVS3D
+
+    cfg = laser_config(tiny_scene) if method == "laser" else laser_config(
+        tiny_scene, *{"ovs3d": OVS3D, "lerf": LERF}[method], stage2=False)
+    run = setup_run(cfg, tmp_path / "run")
+    reconstruction, identity = build_reconstruction(cfg, run.device)
+    prepared = prepare_segmentation(cfg, reconstruction.scene)
+    fit(reconstruction, run, cfg, identity, "stage1")
+    stage, _ = build_segmentation(cfg, prepared, reconstruction.field, run.device)
+    stage.train_step(0)
+    calls = count_syncs(monkeypatch, stage)
+    for step in range(1, stage.n_iters):            # both phases, and for Laser the cross phase
+        count = len(calls)
+        stage.train_step(step)
+        if step == stage.schedule.joint_start_iter:  # the phase change reads the guard's record, once per run
+            assert calls[count:] == ["__int__"]
+            del calls[count:]
+    assert calls == []

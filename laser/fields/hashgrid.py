@@ -133,7 +133,7 @@ class HashEncoding(nn.Module):
         w = (weights[:, :, 0, None, None, :] * weights[:, :, 1, None, :, None]
              * weights[:, :, 2, :, None, None]).flatten(2)                                  # [P, L, 8]
         # index_select's backward is a plain index_add, several times faster on CPU than embedding's (which sorts).
-        feats = self.params.index_select(0, index.flatten()).view(*index.shape, -1)         # [P, L, 8, F]
+        feats = self.params.index_select(0, index.flatten()).view(*index.shape, self.params.shape[-1])  # [P, L, 8, F]
         out = torch.einsum("plc,plcf->plf", w, feats)                                      # [P, L, F]
         return out.reshape(x.shape[0], self.n_output_dims)
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import math
 from pathlib import Path
 
 import imageio.v3 as iio
@@ -87,7 +86,8 @@ class Reconstruction:
         return render_rays(self.field, rays, self.scene.near_far, self.n_samples, self.distance_scale,
                            self.weight_threshold, background, self.generator if train else None)
 
-    def train_step(self, step: int) -> dict[str, float]:
+    def train_step(self, step: int) -> dict[str, torch.Tensor]:
+        """One step; the figures are 0-dim tensors on the device (the loop reads them when it logs)."""
         self.field.train()
         index = torch.randint(len(self.rays), (self.batch_size,), generator=self.generator).to(self.device)
         background = None
@@ -105,8 +105,12 @@ class Reconstruction:
         for group in self.optimizer.param_groups:
             group["lr"] *= self.lr_factor
         self._schedule(step)
-        return {"loss": loss.item(), "mse": mse.item(), "psnr": -10.0 * math.log10(max(mse.item(), 1e-10)),
-                **{k: v.item() for k, v in regularizers.items()}}
+        mse = mse.detach()
+        return {"loss": loss.detach(), "mse": mse, "psnr": -10.0 * torch.log10(mse.clamp(min=1e-10)),
+                **{k: v.detach() for k, v in regularizers.items()}}
+
+    def check_finite(self) -> None:
+        """Nothing to report: stage 1 steps unguarded, and the loop checks the figures it reads."""
 
     @torch.no_grad()
     def render_view(self, view: int) -> dict[str, torch.Tensor]:

@@ -4,7 +4,8 @@ evaluation and checkpoints. A method is a composition: it builds its parts (give
 
 One step (:meth:`SegmentationStage.train_step`): the supervision samples rays and asks the teacher for their targets;
 the method renders its outputs and computes its loss terms; the stage weighs them by ``losses.<name>.weight``, sums
-them, refuses a non-finite loss or gradient, and steps the optimiser.
+them, and steps the optimiser, which skips a step whose loss or gradients are not finite; the loop raises for it at
+its next logging interval (:meth:`SegmentationStage.check_finite`). Nothing in the step waits for the device.
 
 The shared schedule (LASER.md §9.4, identical in 3D-OVS §14): density is frozen throughout; from
 ``joint_start_iter`` the appearance grid and colour network are fine-tuned too (the optimizer is rebuilt with the
@@ -184,37 +185,53 @@ class SegmentationStage:
         return samples
 
     # --- the step ------------------------------------------------------------------------------------------------
-    def train_step(self, step: int) -> dict[str, float]:
+    def train_step(self, step: int) -> dict[str, Tensor]:
         """One step: sample and teach, outputs, weighted loss terms, a guarded optimiser step. Returns the loss and
-        each term, unweighted."""
+        each term, unweighted, as 0-dim tensors on the device: nothing here waits for the device, so the caller
+        reads them (and :meth:`check_finite`) once per logging interval."""
         if step == self.schedule.joint_start_iter:
+            self.check_finite()                        # the guard's record is per optimiser (once per run: a sync)
             self.joint = True
             self.reset_optimizer()
         with torch.no_grad():
             batch = self.supervision.sample(self.teacher)
         terms = self.losses(batch, self.outputs(batch, step), step)
         loss = sum(self.loss_weights[k] * v for k, v in terms.items())
-        logged = {**{k: v.item() for k, v in terms.items()}, "loss": loss.item()}
-        for term, value in logged.items():                                # the terms first: they name the culprit
-            if not math.isfinite(value):
-                raise NonFiniteError(step, f"the loss term '{term}' is {value}")
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
-        self.check_gradients(step)
+        self.guard_step(step, terms, loss)
         self.optimizer.step()
         for group in self.optimizer.param_groups:
             group["lr"] *= self.lr_factor
-        return logged
+        return {**{k: v.detach() for k, v in terms.items()}, "loss": loss.detach()}
 
-    def check_gradients(self, step: int) -> None:
-        """Refuse a step whose gradients are not finite, before the optimiser applies them: one fused norm, and the
-        parameter's name only on the error path."""
-        grads = [p.grad for group in self.optimizer.param_groups for p in group["params"] if p.grad is not None]
-        if not grads or torch.isfinite(torch.nn.utils.get_total_norm(grads)):
+    def guard_step(self, step: int, terms: dict[str, Tensor], loss: Tensor) -> None:
+        """Make the optimiser skip a step whose loss terms or gradients are not finite, on the device: the fused
+        Adam reads ``found_inf`` (as under a gradient scaler) and leaves parameters and moments untouched. The first
+        such step's figures are kept for :meth:`check_finite`."""
+        figures = [terms[k].detach() if k in terms else loss.new_zeros(()) for k in self.loss_weights]
+        grads = [p.grad if p.grad is not None else p.new_zeros(()) for p in self._guarded_params]
+        norms = torch._foreach_norm(grads) if grads else []                      # one fused call for all of them
+        values = torch.stack([*figures, loss.detach(), *norms]).float()           # [terms + 1 + parameters]
+        bad = ~torch.isfinite(values).all()
+        self.optimizer.found_inf = bad.float()
+        first = bad & (self._bad_step < 0)
+        self._bad_step = torch.where(first, step, self._bad_step)
+        self._bad_values = torch.where(first, values, self._bad_values)
+
+    def check_finite(self) -> None:
+        """Raise for the first step of this optimiser whose loss terms or gradients were not finite (that step was
+        skipped), naming the first non-finite term (the culprit, rather than the sum it spoils) or else the first
+        parameter whose gradient is. Waits for the device."""
+        step = int(self._bad_step)
+        if step < 0:
             return
-        named = [(f"{k}.{n}", p) for k, m in {**self.modules(), "field": self.field}.items()
-                 for n, p in m.named_parameters()]
-        bad = next(name for name, p in named if p.grad is not None and not torch.isfinite(p.grad).all())
+        values = self._bad_values.tolist()
+        names = [*self.loss_weights, "loss"]
+        term = next(((n, v) for n, v in zip(names, values) if not math.isfinite(v)), None)
+        if term is not None:
+            raise NonFiniteError(step, f"the loss term '{term[0]}' is {term[1]}")
+        bad = next(n for n, v in zip(self._guarded_names, values[len(names):]) if not math.isfinite(v))
         raise NonFiniteError(step, f"the gradient of {bad} is not finite (the loss terms are)")
 
     def reset_optimizer(self) -> None:
@@ -226,7 +243,15 @@ class SegmentationStage:
                 for p in group["params"]:
                     p.requires_grad_(True)
             groups += app
-        self.optimizer = torch.optim.Adam(groups, betas=(0.9, 0.99))
+        # Fused: one kernel for every parameter, and it honours found_inf (guard_step) without a host round trip.
+        self.optimizer = torch.optim.Adam(groups, betas=(0.9, 0.99), fused=True)
+        names = {id(p): f"{k}.{n}" for k, m in {**self.modules(), "field": self.field}.items()
+                 for n, p in m.named_parameters()}
+        self._guarded_params = [p for group in groups for p in group["params"]]
+        self._guarded_names = [names[id(p)] for p in self._guarded_params]
+        # The guard's record of the first skipped step (guard_step), sized for these parameters.
+        self._bad_step = torch.tensor(-1, device=self.device)
+        self._bad_values = torch.zeros(len(self.loss_weights) + 1 + len(self._guarded_params), device=self.device)
 
     # --- evaluation ----------------------------------------------------------------------------------------------
     def query_features(self, features: Tensor) -> Tensor:
@@ -307,7 +332,10 @@ class SegmentationStage:
         self.field.load_state_dict(state["field"])
         self.joint = state["joint"]
         self.reset_optimizer()
-        self.optimizer.load_state_dict(state["optimizer"])
+        # Checkpoints written before the optimiser was fused resume fused too (their moments are the same).
+        saved = {**state["optimizer"], "param_groups": [{**g, "fused": True, "foreach": None}
+                                                        for g in state["optimizer"]["param_groups"]]}
+        self.optimizer.load_state_dict(saved)
         self.generator.set_state(state["generator"])
         self.teacher.set_rng_state(state["teacher_rng"])
         self.supervision.load_state_dict(state["supervision"])

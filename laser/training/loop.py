@@ -1,9 +1,12 @@
 """The training loop: one stage from its last checkpoint to ``stage.n_iters``, then its test evaluation; and the
 whole run, stage 1 then stage 2, as ``train.py`` runs it.
 
-A stage is anything with ``name``, ``n_iters``, ``train_step(step) -> {name: float}``, ``evaluate(out_dir, extra)``
-and ``state_dict`` / ``load_state_dict`` (:class:`~laser.methods.reconstruction.Reconstruction`,
-:class:`~laser.methods.segmentation.SegmentationStage`).
+A stage is anything with ``name``, ``n_iters``, ``train_step(step) -> {name: 0-dim tensor or float}``,
+``check_finite()``, ``evaluate(out_dir, extra)`` and ``state_dict`` / ``load_state_dict``
+(:class:`~laser.methods.reconstruction.Reconstruction`, :class:`~laser.methods.segmentation.SegmentationStage`).
+
+The loop reads a step's figures only where it uses them (every ``log_every`` steps, before each checkpoint and at
+the end), so that on a GPU the steps in between queue without waiting for the device.
 """
 
 from __future__ import annotations
@@ -14,7 +17,9 @@ import time
 from pathlib import Path
 
 import imageio.v3 as iio
+import torch
 from omegaconf import DictConfig
+from torch import Tensor
 from tqdm import tqdm
 
 from laser.errors import CheckpointError, NonFiniteError
@@ -48,19 +53,31 @@ def cost_columns(label: str, cost: dict) -> dict[str, float]:
     return {f"{label}_train_s": round(cost["train_s"], 2), f"{label}_peak_mb": round(cost["peak_mb"], 1)}
 
 
-def guarded_step(stage, step: int, last_saved: int, path: Path) -> dict[str, float]:
-    """``stage.train_step(step)``, stopped at a non-finite figure with the step, the term and the checkpoint kept.
-    Stage 2 refuses before its optimiser step; for stage 1 the logged figures are checked after it."""
+def read_figures(metrics: dict[str, Tensor | float]) -> dict[str, float]:
+    """A step's figures as floats, with one wait for the device for all of its tensors."""
+    tensors = [k for k, v in metrics.items() if isinstance(v, Tensor)]
+    values = torch.stack([metrics[k].float() for k in tensors]).tolist() if tensors else []
+    return {**metrics, **dict(zip(tensors, values))}
+
+
+def guarded_step(stage, step: int, last_saved: int, path: Path, read: bool) -> dict[str, float] | None:
+    """``stage.train_step(step)``; where ``read``, its figures as floats, stopped at a non-finite one with the step,
+    the term and the checkpoint kept. Stage 2 skips a non-finite step on the device and reports the first one
+    (``check_finite``); for stage 1 the figures read are checked."""
     try:
         metrics = stage.train_step(step)
-        bad = next((k for k, v in metrics.items() if not math.isfinite(v)), None)
+        if not read:
+            return None
+        stage.check_finite()
+        figures = read_figures(metrics)
+        bad = next((k for k, v in figures.items() if not math.isfinite(v)), None)
         if bad is not None:
-            raise NonFiniteError(step, f"'{bad}' is {metrics[bad]}")
+            raise NonFiniteError(step, f"'{bad}' is {figures[bad]}")
     except NonFiniteError as err:
         kept = (f"the last good checkpoint, {path} (step {last_saved}), is kept" if last_saved
                 else "no checkpoint had been written yet")
         raise NonFiniteError(err.step, f"{stage.name} stopped: {err.problem}; {kept}") from None
-    return metrics
+    return figures
 
 
 def fit(stage, run: Run, cfg: DictConfig, identity: dict, label: str) -> dict[str, float]:
@@ -80,13 +97,15 @@ def fit(stage, run: Run, cfg: DictConfig, identity: dict, label: str) -> dict[st
     saved = start
     for step in bar:
         tic = time.perf_counter()
-        metrics = guarded_step(stage, step, saved, run.checkpoint_path(stage.name))
-        cost["train_s"] += time.perf_counter() - tic
         done = step + 1
+        checkpointing = done % cfg.checkpoint_every == 0 or done == stage.n_iters
+        metrics = guarded_step(stage, step, saved, run.checkpoint_path(stage.name),
+                               read=step % cfg.log_every == 0 or checkpointing)
+        cost["train_s"] += time.perf_counter() - tic
         if step % cfg.log_every == 0:
             run.logger.log({f"{stage.name}/{k}": v for k, v in metrics.items()}, step)
             bar.set_postfix({k: f"{metrics[k]:.4f}" for k in ("loss", "psnr") if k in metrics})
-        if done % cfg.checkpoint_every == 0 or done == stage.n_iters:
+        if checkpointing:
             cost["peak_mb"] = max(cost["peak_mb"], memory.peak_mb())
             save(stage, run, identity, done, cost)
             saved = done
