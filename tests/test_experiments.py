@@ -1,11 +1,13 @@
 """Hydra sweeps: the ablation experiment shares one stage 1 and eval.py turns the sweep into the ablation table."""
 
 import json
+import os
 import shutil
 import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 from hydra import compose, initialize_config_dir
 
 from test_train import TINY
@@ -50,3 +52,50 @@ def test_ablation_sweep_trains_stage_one_once_and_tabulates(tiny_scene, tmp_path
     assert all(0 <= r["miou"] <= 1 and r["stage2_train_s"] > 0 for r in rows)
     table = json.loads((tmp_path / "eval/miou_by_scene.json").read_text())
     assert sorted(r["configuration"] for r in table) == ["ablation=full", "ablation=no_ltqa"]
+
+
+def compose_train(*overrides):
+    with initialize_config_dir(config_dir=str(REPO / "conf"), version_base=None):
+        return compose("train", overrides=list(overrides))
+
+
+def test_laser_stable_is_laser_with_the_bounded_branch_on_every_tuned_scene():
+    tuned = sorted(p.stem for p in (REPO / "conf/tuning/laser").glob("*.yaml"))
+    assert sorted(p.stem for p in (REPO / "conf/tuning/laser_stable").glob("*.yaml")) == tuned
+    for scene in tuned:
+        stable, paper = compose_train(f"scene={scene}", "model=laser_stable"), compose_train(f"scene={scene}")
+        assert stable.model.adapter.bound_branch and not paper.model.adapter.bound_branch
+        stable.model.adapter.bound_branch = False
+        assert stable == paper, scene
+
+
+def test_the_desk_layout_takes_the_synthetic_scenes_sizing():
+    for model in ("laser", "laser_stable", "ovs3d", "lerf"):
+        desk, table = compose_train("scene=synthetic_desk", f"model={model}"), compose_train(f"model={model}")
+        assert desk.model == table.model and desk.teacher == table.teacher, model
+    assert desk.scene.generate.layout == "desk" and desk.scene.root == "data/synthetic_desk"
+
+
+@pytest.mark.parametrize("script", ["benchmark_stage2.sh", "robustness_stage2.sh"])
+def test_the_stage_2_benchmark_scripts_run_sweeps_that_compose(tmp_path, script):
+    # A stand-in interpreter records each command instead of training.
+    log = tmp_path / "calls.txt"
+    fake = tmp_path / "python"
+    fake.write_text(f'#!/bin/sh\necho "$@" >> {log}\n')
+    fake.chmod(0o755)
+    out = subprocess.run(["bash", str(REPO / "experiments" / script), str(tmp_path / "out")], cwd=REPO,
+                         env={**os.environ, "PYTHON": str(fake)}, capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    calls = [line.split() for line in log.read_text().splitlines()]
+    assert calls[-1] == ["eval.py", f"run={tmp_path / 'out'}", "render=false"]
+    sweeps = [c for c in calls[:-1] if c[:2] == ["train.py", "-m"]]
+    assert len(sweeps) == len(calls) - 1 >= 4
+    for sweep in sweeps:                     # every job of every sweep composes: its first and last choices
+        for pick in (0, -1):
+            overrides = [o.split("=", 1)[0] + "=" + o.split("=", 1)[1].split(",")[pick] for o in sweep[2:]
+                         if not o.startswith("hydra.")]
+            compose_train(*overrides)
+    swept = " ".join(" ".join(s) for s in sweeps)
+    if script == "benchmark_stage2.sh":
+        assert "scene=synthetic,synthetic_desk" in swept and "model=laser,laser_stable" in swept
+        assert swept.count("model.seed=20230417,20230418,20230419") == 2       # the full Laser's and plain's

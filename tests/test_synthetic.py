@@ -16,7 +16,7 @@ from PIL import Image
 from laser.data.llff import load_llff_scene
 from laser.data.rays import llff_to_opengl, pixel_directions
 from laser.data.synthetic import (CLASSES, annotated_views, camera_poses, ensure_scene, focal_length, generate,
-                                  scene_objects, trace)
+                                  layout_classes, scene_objects, trace)
 
 REPO = Path(__file__).resolve().parents[1]
 WIDTH, HEIGHT, VIEWS, ANNOTATED, SEED = 96, 72, 8, 3, 3
@@ -236,3 +236,17 @@ def test_cli(tmp_path):
     assert len(list((out / "images").iterdir())) == 6
     assert read_png(out / "images" / "05.png").shape == (48, 64, 3)
     assert np.load(out / "poses_bounds.npy").shape == (6, 17)
+
+
+def test_the_desk_layout_has_its_own_objects_all_visible(tmp_path):
+    desk = generate(tmp_path / "desk", seed=0, width=96, height=72, views=4, annotated=1, layout="desk")
+    written = (desk / "segmentations" / "classes.txt").read_text().splitlines()
+    assert written == list(layout_classes("desk")) and not set(written) & set(CLASSES)
+    assert written != sorted(written)
+    assert set(np.unique(labels_of(desk))) == set(range(1, len(written) + 1))        # every object is seen
+    assert json.loads((desk / "synthetic.json").read_text())["layout"] == "desk"
+    # Another layout at the same folder is another scene: it is regenerated, not taken for the first.
+    generate(tmp_path / "desk", seed=0, width=96, height=72, views=4, annotated=1)
+    assert (desk / "segmentations" / "classes.txt").read_text().splitlines() == list(CLASSES)
+    with pytest.raises(ValueError, match="unknown synthetic layout 'attic'"):
+        generate(tmp_path / "attic", layout="attic")
