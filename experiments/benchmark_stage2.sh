@@ -4,6 +4,8 @@
 #     seeds each (one stage 1 per layout, shared through the stage store);
 #   - every other ablation row, 3D-OVS and LERF, one seed each, 3D-OVS and LERF at step counts that give them about
 #     the full Laser's stage-2 wall-clock time on this CPU (experiments/RESULTS.md);
+#   - the ablation rows of the stabilised variant on the default layout, one seed each (which part costs what once
+#     the cross phase no longer collapses);
 #   - then eval.py on the whole folder: results.*, seeds.* (mean and spread over seeds) and miou_by_scene.*.
 #
 #   experiments/benchmark_stage2.sh [OUT [override ...]]     # OUT: multirun/benchmark_stage2 by default
@@ -29,6 +31,8 @@ lane_a() {
 lane_b() {
   sweep plain +ablation=plain "$seeds" "$@"
   sweep ablations +ablation=no_adapter,no_self_cross,no_ltqa,no_label_volume,no_text_augmentation "$@"
+  "$py" train.py -m scene=synthetic logger=none "hydra.sweep.dir=$out/stable_ablations" model=laser_stable \
+    +ablation=no_self_cross,no_ltqa,no_label_volume,no_text_augmentation "$@"
 }
 
 if [ "$jobs" -ge 2 ]; then
