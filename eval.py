@@ -10,7 +10,9 @@ and accuracy, overlays and per-class relevancy maps). ``<out>/results.{md,csv,js
 sweep, ``<out>/miou_by_scene.*`` has one row per configuration and one column per scene plus their mean. Jobs that
 differ only in their stage-2 seed (``model.seed``) are one configuration: ``<out>/seeds.*`` gives each
 configuration and scene the mean, min, max and standard deviation over its seeds, and ``miou_by_scene`` the mean.
-Several sweeps below one folder make one table (``experiments/benchmark_stage2.sh``).
+Several sweeps below one folder make one table (``experiments/benchmark_stage2.sh``). ``<out>/per_query.*`` is
+the second table, the LangSplat per-query protocol: each class prompt queried alone, its mask the normalised
+relevancy above one threshold, and the IoU of each phrase's mask (:func:`laser.evaluation.metrics.per_query_metrics`).
 """
 
 from __future__ import annotations
@@ -27,11 +29,10 @@ from omegaconf import DictConfig, OmegaConf
 
 from laser.errors import CheckpointError, LaserError
 from laser.evaluation.tables import pivot, seed_summary, write_tables
-from laser.training import checkpoint
-from laser.training.build import build_reconstruction, build_segmentation, prepare_segmentation
 from laser.training.loop import cost_columns
 from laser.training.loggers import Logger
 from laser.training.run import Run, resolve_device
+from laser.training.trained import load_trained
 
 
 def find_runs(folder: Path) -> list[Path]:
@@ -58,20 +59,26 @@ def run_labels(runs: list[Path], root: Path) -> dict[Path, str]:
 def evaluate_run(folder: Path, out: Path, device) -> dict:
     """Rebuild a run's stages from its saved config and checkpoints and evaluate each one that was trained; the
     training cost recorded in each checkpoint joins the row."""
-    cfg = OmegaConf.load(folder / ".hydra" / "config.yaml")
-    run = Run(dir=folder, device=device, logger=Logger())
-    reconstruction, identity = build_reconstruction(cfg, device)
-    saved = checkpoint.restore_stage(reconstruction, run.checkpoint_path(reconstruction.name), identity)
-    row = {"scene": cfg.scene.name, "step": saved["step"], **reconstruction.evaluate(out / reconstruction.name),
-           **cost_columns("stage1", saved["cost"])}
-    path = run.checkpoint_path(get_class(cfg.model._target_).name)
-    if reconstruction.scene.classes and path.is_file():
-        prepared = prepare_segmentation(cfg, reconstruction.scene)
-        segmentation, identity = build_segmentation(cfg, prepared, reconstruction.field, device)
-        saved = checkpoint.restore_stage(segmentation, path, identity)
-        row.update({"method": segmentation.name, **segmentation.evaluate(out / segmentation.name),
-                    **cost_columns("stage2", saved["cost"])})
+    trained = load_trained(folder, device)
+    stage1 = trained.reconstruction
+    row = {"scene": trained.cfg.scene.name, "step": trained.steps[stage1.name],
+           **stage1.evaluate(out / stage1.name), **cost_columns("stage1", trained.costs[stage1.name])}
+    stage2 = trained.segmentation
+    if stage2 is not None:
+        row.update({"method": stage2.name, **stage2.evaluate(out / stage2.name),
+                    **cost_columns("stage2", trained.costs[stage2.name])})
     return row
+
+
+def per_query_row(metrics_file: Path) -> dict | None:
+    """The per-query protocol's figures a stage-2 evaluation wrote (None before they were recorded)."""
+    if not metrics_file.is_file():
+        return None
+    saved = json.loads(metrics_file.read_text()).get("per_query")
+    if saved is None:
+        return None
+    return {"threshold": saved["threshold"], "miou": saved["miou"],
+            **{f"iou {phrase}": iou for phrase, iou in saved["per_phrase_iou"].items()}}
 
 
 def recorded_run(folder: Path) -> dict:
@@ -101,11 +108,20 @@ def evaluate_all(cfg: DictConfig) -> None:
     """Evaluate (or tabulate) every run at or below ``cfg.run`` and write the tables."""
     root, out = Path(cfg.run), Path(cfg.out)
     device = resolve_device(cfg.device)
-    rows = []
+    rows, per_query = [], []
     for run, label in run_labels(find_runs(root), root).items():
-        row = evaluate_run(run, out / label.replace("/", "_"), device) if cfg.render else recorded_run(run)
+        folder = out / label.replace("/", "_")
+        row = evaluate_run(run, folder, device) if cfg.render else recorded_run(run)
         rows.append({"run": label, **row})
+        if "method" in row:
+            # Where this evaluation wrote the stage's metrics, or where training recorded them (render=false).
+            query = per_query_row((folder / row["method"] if cfg.render else run / row["method"] / "test")
+                                  / "metrics.json")
+            if query is not None:
+                per_query.append({"run": label, "scene": row["scene"], "method": row["method"], **query})
     print(write_tables(rows, out), end="")
+    if per_query:
+        print(write_tables(per_query, out, name="per_query"), end="")
     segmented = [{**r, "configuration": configuration(r["run"])} for r in rows if r.get("miou") is not None]
     if len(segmented) > 1:
         seeds = seed_summary(segmented, ("configuration", "scene"), "miou")

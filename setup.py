@@ -19,9 +19,12 @@ setup(
         "numpy>=1.24",
         "pillow>=10.0",
         "tqdm>=4.60",
+        "viser>=1.0",             # python -m laser.viewer
+        "plyfile>=1.0",           # python -m laser.export
     ],
     extras_require={
-        "test": ["pytest>=8.0", "scikit-learn>=1.3", "ruff>=0.5"],
+        # imageio[ffmpeg] and selenium: the video and the viewer's browser tests (Chromium itself is Debian's).
+        "test": ["pytest>=8.0", "scikit-learn>=1.3", "ruff>=0.5", "imageio[ffmpeg]", "selenium>=4.10"],
         "video": ["imageio[ffmpeg]"],
         "slurm": ["hydra-submitit-launcher>=1.2"],
     },

@@ -126,12 +126,12 @@ def render_rays(field: RadianceField, rays: Tensor, near_far: tuple[float, float
 
 @torch.no_grad()
 def render_in_chunks(render: Callable[[Tensor], dict[str, Tensor]], rays: Tensor, chunk: int,
-                     keys: tuple[str, ...] = ("rgb", "depth", "acc")) -> dict[str, Tensor]:
-    """Apply ``render`` to ``rays`` ``[R, 6]`` ``chunk`` rays at a time, keeping only ``keys``, so memory stays
-    bounded for any image size."""
-    parts: dict[str, list[Tensor]] = {k: [] for k in keys}
+                     keys: tuple[str, ...] | None = ("rgb", "depth", "acc")) -> dict[str, Tensor]:
+    """Apply ``render`` to ``rays`` ``[R, 6]`` ``chunk`` rays at a time, keeping only ``keys`` (None: every entry
+    of ``render``'s output, each one row per ray), so memory stays bounded for any image size."""
+    parts: dict[str, list[Tensor]] = {}
     for block in rays.split(chunk):
         out = render(block)
-        for k in keys:
-            parts[k].append(out[k])
+        for k in (keys if keys is not None else out):
+            parts.setdefault(k, []).append(out[k])
     return {k: torch.cat(v) for k, v in parts.items()}

@@ -91,3 +91,26 @@ def test_bad_lerf_settings_are_refused(tiny_scene, stage1):
         prepare_segmentation(config(tiny_scene, "teacher.scale_min=1.5"), prepared.scene)
     with pytest.raises(ValueError, match="backbone must be one of"):
         build_segmentation(config(tiny_scene, "model.language_field.backbone=tensorf"), prepared, field, run.device)
+
+
+def test_the_query_composites_the_last_hidden_layer_exactly(tiny_scene, stage1, tiny_dino):
+    """query_render + query_scores (the hidden layer composited, the last linear layer per ray, any phrase) equal the
+    per-point reference render + select_scale to float rounding, for the class prompts and for another phrase."""
+    run, field, prepared = stage1
+    stage, _ = build_segmentation(config(tiny_scene), prepared, field, run.device)
+    for _ in range(3):
+        stage.train_step(0)
+    rays = stage.eval_rays(stage.eval_scene.annotated_views[0], stride=2).reshape(-1, 6)
+    other = prepared.encoder(["a phrase the scene never saw"])
+    with torch.no_grad(), stage.evaluating():
+        reference = stage.render(rays)["relevancy"]                                     # [R, S, C]
+        rendered = stage.query_render(rays)
+        stage.text = torch.cat([stage.text, other])
+        widened = stage.render(rays)["relevancy"]
+    from laser.modules.relevancy_query import select_scale
+    assert rendered["hidden"].shape[:2] == (len(rays), len(stage.query_scales)) and reference.std() > 1e-3
+    assert torch.allclose(stage.query_scores(rendered, stage.text[:-1]), select_scale(reference.transpose(0, 1))[1],
+                          atol=2e-6)
+    assert torch.allclose(stage.query_scores(rendered, other), select_scale(widened.transpose(0, 1))[1][:, -1:],
+                          atol=2e-6)
+    assert torch.equal(rendered["rgb"], stage.render(rays)["rgb"])

@@ -44,3 +44,19 @@ def test_segmentation_metrics_reject_mismatched_shapes():
         segmentation_metrics([torch.zeros(4, 4, 3, dtype=torch.bool)], [torch.zeros(4, 5, 3)])
     with pytest.raises(ValueError, match="no annotated views"):
         segmentation_metrics([], [])
+
+
+def test_per_query_masks_each_phrase_alone_and_scores_only_the_views_where_it_is_present():
+    from laser.evaluation.metrics import normalized_relevancy, per_query_metrics
+
+    truth = torch.zeros(1, 4, 3, dtype=torch.bool)             # one view of 4 pixels, 3 phrases; phrase 2 absent
+    truth[0, :2, 0] = True
+    truth[0, 2:, 1] = True
+    scores = torch.tensor([[[0.9, 0.8, 0.1], [0.8, 0.9, 0.2], [0.1, 0.85, 0.3], [0.0, 0.7, 0.4]]])
+    normalised = normalized_relevancy(scores)
+    assert torch.allclose(normalised.amin(dim=(0, 1)), torch.zeros(3))
+    assert torch.allclose(normalised.amax(dim=(0, 1)), torch.ones(3))
+    result = per_query_metrics([truth], [scores], threshold=0.7)
+    # phrase 0: normalised (1, .89, .11, 0) -> pixels 0, 1: IoU 1. Phrase 1: (.5, 1, .75, 0) -> pixels 1, 2: 1/3.
+    assert result["per_phrase_iou"][0] == pytest.approx(1.0) and result["per_phrase_iou"][1] == pytest.approx(1 / 3)
+    assert result["per_phrase_iou"][2] is None and result["miou"] == pytest.approx(2 / 3)

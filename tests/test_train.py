@@ -110,6 +110,8 @@ def test_train_py_end_to_end(tiny_scene, tmp_path):
     assert table[0]["miou"] == pytest.approx(result["miou"], abs=1e-6)        # stage 2 rebuilt and re-rendered
     assert list((tmp_path / "eval").glob("*/laser/relevancy/*.png"))
     assert (tmp_path / "eval/results.md").read_text().startswith("| run | scene | step | test_psnr")
+    per_query = json.loads((tmp_path / "eval/per_query.json").read_text())       # the second table
+    assert per_query[0]["threshold"] == 0.7 and 0 <= per_query[0]["miou"] <= 1
 
     # Another stage-2 configuration on the same scene takes the published stage 1 instead of training it.
     out = subprocess.run([sys.executable, "train.py", f"scene.root={scene}", *TINY, store, "model.ltqa=null",

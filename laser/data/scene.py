@@ -51,11 +51,22 @@ class Scene:
 
     def rays(self, view: int) -> Tensor:
         """Rays of every pixel of one view, row-major: ``[H*W, 6]`` (origin, direction)."""
-        directions = pixel_directions(self.height, self.width, self.fx, self.fy)
-        rays_o, rays_d = camera_rays(directions, self.c2w[view], normalize=not self.ndc)
+        return self.camera_rays(self.c2w[view]).reshape(-1, 6)
+
+    def camera_rays(self, c2w: Tensor, height: int | None = None, width: int | None = None,
+                    fx: float | None = None, fy: float | None = None) -> Tensor:
+        """Rays ``[height, width, 6]`` of any camera ``c2w`` ``[3, 4]`` (a novel view: a video path, the viewer's
+        camera), in the space this scene's rays live in. The image size defaults to the scene's and the focal
+        lengths to the scene's scaled with it (the same field of view). For forward-facing scenes the NDC warp is
+        this scene's whatever the camera's intrinsics: the space the field was trained in."""
+        height, width = height or self.height, width or self.width
+        fx = fx if fx is not None else self.fx * width / self.width
+        fy = fy if fy is not None else self.fy * height / self.height
+        directions = pixel_directions(height, width, fx, fy)
+        rays_o, rays_d = camera_rays(directions, c2w.to(directions), normalize=not self.ndc)
         if self.ndc:
             rays_o, rays_d = ndc_rays(rays_o, rays_d, self.height, self.width, self.fx, near=1.0)
-        return torch.cat([rays_o, rays_d], dim=-1).reshape(-1, 6)
+        return torch.cat([rays_o, rays_d], dim=-1)
 
     def world_points(self, points: Tensor) -> Tensor:
         """Points ``[..., 3]`` of the space rays live in -> world coordinates (the frame of ``c2w``): the NDC

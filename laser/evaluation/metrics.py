@@ -74,3 +74,38 @@ def segmentation_metrics(truths: list[Tensor], scores: list[Tensor]) -> dict[str
     stacked = torch.stack(ious)
     return {"miou": stacked.mean().item(), "accuracy": sum(accuracies) / len(accuracies),
             "per_view_iou": stacked.tolist()}
+
+
+def normalized_relevancy(scores: Tensor) -> Tensor:
+    """Scores ``[H, W, Q]`` of a view -> each phrase's map min-max normalised over the view to [0, 1] (a constant
+    map becomes 0): a relevancy threshold then means the same for every phrase and every method."""
+    flat = scores.reshape(-1, scores.shape[-1])
+    low, high = flat.amin(dim=0), flat.amax(dim=0)
+    return (scores - low) / (high - low).clamp(min=1e-12)
+
+
+def per_query_metrics(truths: list[Tensor], scores: list[Tensor], threshold: float) -> dict[str, float | list]:
+    """The LangSplat per-query protocol (LASER.md, rulings): each phrase's mask is its normalised relevancy
+    (:func:`normalized_relevancy`) above ``threshold``, alone, not competing with the other phrases; its IoU with
+    the phrase's ground-truth mask is taken in every view where the phrase is present (LangSplat's annotations list
+    only the objects present in a frame).
+
+    ``truths``, ``scores``: per view ``[H, W, C]`` bool masks and scores, one column per phrase. Returns ``miou``
+    (mean over the phrases of their mean IoU) and ``per_phrase_iou`` ``[C]`` (None for a phrase present in no view).
+    LangSplat also smooths each map with a 29-pixel mean filter before thresholding; this protocol does not.
+    """
+    if not truths:
+        raise ValueError("no annotated views to evaluate")
+    sums = torch.zeros(truths[0].shape[-1])
+    counts = torch.zeros_like(sums)
+    for truth, score in zip(truths, scores):
+        if truth.shape != score.shape:
+            raise ValueError(f"ground truth {tuple(truth.shape)} and scores {tuple(score.shape)} differ in shape")
+        truth = truth.reshape(-1, truth.shape[-1]).bool()
+        mask = normalized_relevancy(score.float()).reshape(truth.shape) > threshold
+        present = truth.any(dim=0)
+        sums += torch.where(present, per_class_iou(truth, mask), torch.zeros_like(sums))
+        counts += present.float()
+    per_phrase = [float(s / c) if c else None for s, c in zip(sums, counts)]
+    seen = [v for v in per_phrase if v is not None]
+    return {"miou": sum(seen) / len(seen) if seen else 0.0, "per_phrase_iou": per_phrase}

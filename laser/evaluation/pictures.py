@@ -102,21 +102,27 @@ def segmentation_overlay(rgb: ArrayLike, labels: ArrayLike, palette: ArrayLike, 
                          boundaries: bool = True) -> np.ndarray:
     """Class colours over a render: ``[H, W, 3]`` RGB in [0, 1] and ``[H, W]`` labels -> ``[H, W, 3] uint8``.
 
-    Each pixel is ``(1 - alpha) * rgb + alpha * colour``; with ``boundaries`` the class boundaries are black
-    (independently of ``alpha``, so ``alpha=0`` shows the outlines over the plain render).
+    Each pixel is ``(1 - alpha) * rgb + alpha * colour``, and the plain render where its label is -1 (no class: a
+    query's pixels below its threshold); with ``boundaries`` the class boundaries are black (independently of
+    ``alpha``, so ``alpha=0`` shows the outlines over the plain render).
     """
     rgb = _numpy(rgb).astype(np.float64)
-    colours = _class_colours(labels, palette)
+    labels = _numpy(labels)
+    colours = _class_colours(np.maximum(labels, 0), palette)
     if rgb.shape != colours.shape:
         raise ValueError(f"rgb {rgb.shape} does not match labels {colours.shape[:2]} (expected [H, W, 3])")
-    image = _to_uint8((1.0 - alpha) * rgb + alpha * colours / 255.0)
+    share = np.where(labels[..., None] >= 0, alpha, 0.0)
+    image = _to_uint8((1.0 - share) * rgb + share * colours / 255.0)
     if boundaries:
         image[class_boundaries(labels)] = 0
     return image
 
 
-def relevancy_map(scores: ArrayLike, cmap: str = "turbo") -> np.ndarray:
-    """``[H, W]`` scores -> ``[H, W, 3] uint8`` through a colour map, min-max normalised per map.
+def relevancy_map(scores: ArrayLike, cmap: str = "turbo",
+                  value_range: tuple[float, float] | None = None) -> np.ndarray:
+    """``[H, W]`` scores -> ``[H, W, 3] uint8`` through a colour map, min-max normalised per map, or over
+    ``value_range`` ``(low, high)`` when given (a video keeps one range for all its frames; values outside are
+    clipped).
 
     The lowest score gets the map's first colour and the highest its last; a constant map is all first colour.
     Per-map normalisation shows where a query is most relevant, not how relevant: compare maps by their numbers.
@@ -126,8 +132,8 @@ def relevancy_map(scores: ArrayLike, cmap: str = "turbo") -> np.ndarray:
     scores = _numpy(scores).astype(np.float64)
     if scores.ndim != 2:
         raise ValueError(f"scores must be [H, W], got shape {scores.shape}")
-    low, high = scores.min(), scores.max()
-    unit = (scores - low) / (high - low) if high > low else np.zeros_like(scores)
+    low, high = value_range if value_range is not None else (scores.min(), scores.max())
+    unit = np.clip((scores - low) / (high - low), 0.0, 1.0) if high > low else np.zeros_like(scores)
     anchors = COLOUR_MAPS[cmap].astype(np.float64)
     positions = np.linspace(0.0, 1.0, len(anchors))
     channels = [np.interp(unit, positions, anchors[:, c]) for c in range(3)]

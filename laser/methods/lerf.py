@@ -11,11 +11,12 @@ field's weights and L2-normalised; the loss is ``1 - cos``. With DINO weights,
 channels, as LERF). Density and colour stay frozen: LERF's language gradients never reach the radiance field, so
 there is no joint fine-tuning (``schedule.joint_start_iter`` is null).
 
-Query (:meth:`LerfSegmentation.class_scores`): the language field is rendered at ``query_scales`` world scales evenly
-spaced over ``[0, query_scale_max]`` (scene units; see :mod:`laser.modules.frustum_scale` for what a unit is on
-forward-facing scenes), after discarding the samples seen by fewer than ``min_views`` training views. Each class's
-relevancy is computed against the canonical phrases at every scale; per view and class the scale whose map peaks
-highest is kept, and each pixel takes the class of highest relevancy (the 3D-OVS protocol).
+Query (:meth:`LerfSegmentation.query_render`, then :meth:`~LerfSegmentation.query_scores` for any phrase): the
+language field is rendered at ``query_scales`` world scales evenly spaced over ``[0, query_scale_max]`` (scene
+units; see :mod:`laser.modules.frustum_scale` for what a unit is on forward-facing scenes), after discarding the
+samples seen by fewer than ``min_views`` training views. Each class's relevancy is computed against the canonical
+phrases at every scale; per view and class the scale whose map peaks highest is kept, and each pixel takes the class
+of highest relevancy (the 3D-OVS protocol).
 """
 
 from __future__ import annotations
@@ -32,7 +33,7 @@ from laser.methods.segmentation import SegmentationStage
 from laser.modules.frustum_scale import sample_scales
 from laser.modules.language_field import LanguageField
 from laser.modules.relevancy_query import relevancy, select_scale, visible_views
-from laser.rendering import composite_packed, render_in_chunks
+from laser.rendering import composite_packed
 
 
 class LerfSegmentation(SegmentationStage):
@@ -117,24 +118,20 @@ class LerfSegmentation(SegmentationStage):
 
     # --- query ---------------------------------------------------------------------------------------------------
     def render(self, rays: Tensor, train: bool = False) -> dict[str, Tensor]:
-        """Colour ``[R, 3]`` and the relevancy ``[R, S, C]`` of every class at each of the ``S`` query scales.
+        """Colour ``[R, 3]`` and the relevancy ``[R, S, C]`` of every class at each of the ``S`` query scales, the
+        language field evaluated per point: the reference of :meth:`query_render` and :meth:`query_scores`.
 
         The language field is evaluated once per scale and reused for all classes. Samples seen by fewer than
         ``min_views`` training views carry no language (their weight is dropped, not redistributed: the rendered
-        embedding is normalised anyway). Visibility is computed with the training scene's intrinsics; the NDC warp
-        and the projection depend only on ``f / W`` and ``f / H``, so rays of the evaluation scene map the same.
+        embedding is normalised anyway).
         """
         samples = self.shaded_samples(rays, train)
         weights, shaded = samples["weights"], samples["shaded"]
         xyz = samples["points"][shaded]
         rgb = composite_packed(weights, self.field.color(self.field.app_features(xyz), samples["viewdirs"][shaded]),
                                shaded)
-        scene = self.scene
-        seen = visible_views(scene.world_points(xyz), self.supervision.view_c2w, scene.fx, scene.fy, scene.height,
-                             scene.width) >= self.min_views
-        kept = shaded.clone()
-        kept[shaded] = seen
-        features = self.language.backbone(xyz[seen], self.field)
+        kept = self._seen(xyz, shaded)
+        features = self.language.backbone(xyz[kept[shaded]], self.field)
         maps = []
         for scale in self.query_scales:
             language = self.language.language(features, features.new_full((len(features),), scale))
@@ -142,17 +139,54 @@ class LerfSegmentation(SegmentationStage):
                                   self.canonical))
         return {"rgb": rgb, "relevancy": torch.stack(maps, dim=1)}
 
-    @torch.no_grad()
-    def class_scores(self, view: int, stride: int = 1) -> tuple[Tensor, Tensor]:
-        """Per-class relevancy ``[h, w, C]`` at each class's own scale, and the colour render ``[h, w, 3]``, at every
-        ``stride``-th pixel of the view.
+    def query_render(self, rays: Tensor) -> dict[str, Tensor]:
+        """What a query needs of rays ``[R, 6]``, for any phrase: ``rgb`` ``[R, 3]``, and per query scale
+        ``hidden`` ``[R, S, H]`` (the language MLP's last hidden layer, composited), ``norm`` ``[R, S]`` (the
+        length of the rendered embedding) and ``canonical`` ``[R, S]`` (its largest cosine to a canonical phrase).
 
-        Scale rule: per evaluation view and per class, the query scale whose relevancy map over the whole view has
-        the highest value (LERF's rule; LERF's code applies it per batch of rays, which makes the chosen scale
-        depend on the batching). The segmentation is the argmax over classes of these relevancies. Memory: the
-        maps of all scales, ``H * W * S * C`` floats, are held until the choice.
-        """
-        rays = self.eval_rays(view, stride)
-        out = render_in_chunks(self.render, rays.reshape(-1, 6), self.rendering.chunk, keys=("relevancy", "rgb"))
-        _, scores = select_scale(out["relevancy"].transpose(0, 1))
-        return scores.reshape(*rays.shape[:2], -1), out["rgb"].reshape(*rays.shape[:2], 3)
+        The MLP's last layer ``W h + b`` is linear, so the rendered embedding is ``W (sum_i w_i h_i) + acc b``
+        (:func:`~laser.rendering.composite_affine`): compositing the hidden layer and applying ``W`` per ray is exact
+        (:meth:`render` is the per-point reference; ``tests/test_lerf.py`` compares the two). A phrase ``q`` then
+        only needs ``(h . W^T q + acc b . q) / norm`` (:meth:`query_scores`)."""
+        samples = self.shaded_samples(rays, False)
+        weights, shaded = samples["weights"], samples["shaded"]
+        xyz = samples["points"][shaded]
+        rgb = composite_packed(weights, self.field.color(self.field.app_features(xyz), samples["viewdirs"][shaded]),
+                               shaded)
+        kept = self._seen(xyz, shaded)
+        features = self.language.backbone(xyz[kept[shaded]], self.field)
+        net = self.language.language_net
+        hidden, last = net[:-1], net[-1]
+        hiddens = []
+        for scale in self.query_scales:
+            inputs = torch.cat([features, features.new_full((len(features), 1), scale)], dim=-1)
+            hiddens.append(composite_packed(weights, hidden(inputs), kept))
+        hidden = torch.stack(hiddens, dim=1)                                             # [R, S, H]
+        acc = composite_packed(weights, weights.new_ones(len(features), 1), kept)       # [R, 1]
+        embedding = (last(hidden) + (acc - 1)[:, None] * last.bias).masked_fill(acc[:, None] == 0, 0.0)
+        norm = embedding.norm(dim=-1)                                                   # [R, S]
+        canonical = (embedding @ self.canonical.T).amax(dim=-1) / norm.clamp(min=1e-12)
+        return {"rgb": rgb, "hidden": hidden, "acc": acc[:, 0], "norm": norm, "canonical": canonical}
+
+    def query_scores(self, rendered: dict[str, Tensor], text: Tensor) -> Tensor:
+        """LERF's relevancy ``[N, Q]`` of the rays of one whole view to each phrase, at the phrase's own scale: per
+        phrase, the query scale whose relevancy map over the view holds the highest value (LERF's rule; LERF's code
+        applies it per batch of rays, which makes the chosen scale depend on the batching). Memory: ``N * S * Q``
+        floats."""
+        last = self.language.language_net[-1]
+        projected = text @ last.weight                                                  # [Q, H]: W^T q
+        dots = rendered["hidden"] @ projected.T + rendered["acc"][:, None, None] * (text @ last.bias)  # [N, S, Q]
+        cosine = dots / rendered["norm"].clamp(min=1e-12)[..., None]
+        maps = torch.sigmoid(cosine - rendered["canonical"][..., None])                 # relevancy(), per scale
+        return select_scale(maps.transpose(0, 1))[1]
+
+    def _seen(self, xyz: Tensor, shaded: Tensor) -> Tensor:
+        """``shaded`` ``[R, S]`` without the points ``xyz`` ``[P, 3]`` (those of ``shaded``) that fewer than
+        ``min_views`` training views see. Visibility is computed with the training scene's intrinsics; the NDC warp
+        and the projection depend only on ``f / W`` and ``f / H``, so rays of the evaluation scene map the same."""
+        scene = self.scene
+        seen = visible_views(scene.world_points(xyz), self.supervision.view_c2w, scene.fx, scene.fy, scene.height,
+                             scene.width) >= self.min_views
+        kept = shaded.clone()
+        kept[shaded] = seen
+        return kept

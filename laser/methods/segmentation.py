@@ -28,7 +28,7 @@ from torch import Tensor, nn
 
 from laser.data.scene import Scene
 from laser.errors import ConfigError, NonFiniteError
-from laser.evaluation.metrics import segmentation_metrics
+from laser.evaluation.metrics import per_query_metrics, segmentation_metrics
 from laser.evaluation.pictures import (class_palette, legend, relevancy_map, save_png, segmentation_overlay,
                                       with_legend)
 from laser.evaluation.tables import write_atomic
@@ -39,6 +39,9 @@ from laser.methods.supervision import Supervision
 from laser.rendering import ray_weights, render_in_chunks
 
 LAYOUT = 2   # of stage-2 checkpoints: 2 since methods are compositions of parts (1 had no number)
+# The per-query protocol's threshold on each phrase's normalised relevancy: LangSplat rescales the min-max
+# normalised map to [-1, 1], clips it to [0, 1] and keeps > 0.4, which is > 0.7 of the normalised map.
+PER_QUERY_THRESHOLD = 0.7
 
 
 @dataclass
@@ -276,20 +279,41 @@ class SegmentationStage:
         scene = self.eval_scene
         return scene.rays(view).reshape(scene.height, scene.width, 6)[::stride, ::stride].to(self.device)
 
+    # --- queries: one render of a view, then any phrase (evaluation is the query of the class prompts) -----------
+    def query_render(self, rays: Tensor) -> dict[str, Tensor]:
+        """What a query needs of rays ``[R, 6]`` that does not depend on the phrase, one row per ray: ``rgb``
+        ``[R, 3]`` and here the unit query features ``features`` ``[R, D]``. Rendered once per view and cached
+        (:class:`laser.query.SceneQuery`); :meth:`query_scores` turns it into scores for any phrase."""
+        out = self.render(rays)
+        return {"features": F.normalize(self.query_features(out["features"]), dim=-1), "rgb": out["rgb"]}
+
+    def query_scores(self, rendered: dict[str, Tensor], text: Tensor) -> Tensor:
+        """Scores ``[N, Q]`` of the ``N`` rays of one whole view (as :meth:`query_render` gave them) for phrases of
+        unit text embeddings ``text`` ``[Q, D]``: here the cosine similarity, no temperature (§10). Higher is more
+        relevant; the argmax over phrases is the segmentation."""
+        return rendered["features"] @ text.T
+
+    def render_view(self, rays: Tensor) -> dict[str, Tensor]:
+        """:meth:`query_render` of rays ``[h, w, 6]`` in chunks of ``rendering.chunk``, in eval mode; each entry
+        ``[h * w, ...]``."""
+        with self.evaluating():
+            return render_in_chunks(self.query_render, rays.reshape(-1, 6), self.rendering.chunk, keys=None)
+
     @torch.no_grad()
     def class_scores(self, view: int, stride: int = 1) -> tuple[Tensor, Tensor]:
-        """Per-class scores ``[h, w, C]`` (argmax is the segmentation; here the cosine similarity of the rendered
-        feature to each class, no temperature, §10) and the colour render ``[h, w, 3]`` of an evaluation view, at
-        every ``stride``-th pixel (1: the full view; more for quick looks during experiments)."""
+        """Per-class scores ``[h, w, C]`` (argmax is the segmentation) and the colour render ``[h, w, 3]`` of an
+        evaluation view, at every ``stride``-th pixel (1: the full view; more for quick looks during
+        experiments): the query of the class prompts."""
         rays = self.eval_rays(view, stride)
-        out = render_in_chunks(self.render, rays.reshape(-1, 6), self.rendering.chunk, keys=("features", "rgb"))
-        scores = F.normalize(self.query_features(out["features"]), dim=-1) @ self.text.T
-        return scores.reshape(*rays.shape[:2], -1), out["rgb"].reshape(*rays.shape[:2], 3)
+        rendered = self.render_view(rays)
+        scores = self.query_scores(rendered, self.text)
+        return scores.reshape(*rays.shape[:2], -1), rendered["rgb"].reshape(*rays.shape[:2], 3)
 
     def evaluate(self, out_dir: str | Path, extra: dict[str, float] | None = None) -> dict[str, float]:
-        """3D-OVS metrics on the annotated views (§11); overlays with a legend and per-class relevancy maps
-        (colour-mapped per map) in ``out_dir``. ``extra`` columns (the training cost) join the metrics, returned and
-        in ``metrics.json``, which is written once."""
+        """3D-OVS metrics on the annotated views (§11), and in ``metrics.json`` also the LangSplat per-query protocol's
+        (:func:`~laser.evaluation.metrics.per_query_metrics`); overlays with a legend and per-class
+        relevancy maps (colour-mapped per map) in ``out_dir``. ``extra`` columns (the training cost) join
+        the metrics, returned and in ``metrics.json``, which is written once."""
         out_dir = Path(out_dir)
         out_dir.mkdir(parents=True, exist_ok=True)
         views = self.eval_scene.annotated_views
@@ -307,12 +331,16 @@ class SegmentationStage:
                     save_png(out_dir / "relevancy" / f"{view:03d}_{name}.png",
                              relevancy_map(score[..., index].cpu()))
         result = segmentation_metrics(truths, scores)
+        per_query = per_query_metrics(truths, scores, PER_QUERY_THRESHOLD)
         # The teacher's stored bytes ride along: the comparison tables set them beside the scores.
         metrics = {"miou": result["miou"], "accuracy": result["accuracy"],
                    "feature_bytes": self.teacher.stored_bytes(), **(extra or {})}
-        write_atomic(out_dir / "metrics.json", json.dumps({"metrics": metrics, "views": views,
-                                                           "classes": self.eval_scene.classes,
-                                                           "per_view_iou": result["per_view_iou"]}, indent=2))
+        write_atomic(out_dir / "metrics.json", json.dumps(
+            {"metrics": metrics, "views": views, "classes": self.eval_scene.classes,
+             "per_view_iou": result["per_view_iou"],
+             "per_query": {"threshold": PER_QUERY_THRESHOLD, "miou": per_query["miou"],
+                           "per_phrase_iou": dict(zip(self.eval_scene.classes, per_query["per_phrase_iou"]))}},
+            indent=2))
         return metrics
 
     # --- checkpoints ---------------------------------------------------------------------------------------------

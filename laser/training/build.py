@@ -31,6 +31,7 @@ class Prepared:
     eval_scene: Scene      # at the evaluation's resolution (scene.downsample.eval)
     text: SceneText
     teacher: Teacher       # prepared for ``scene``
+    encoder: TextEncoder   # the run's CLIP text encoder: any other phrase is embedded as the classes were
 
 
 def build_reconstruction(cfg: DictConfig, device: torch.device) -> tuple[Reconstruction, dict]:
@@ -81,10 +82,11 @@ def prepare_segmentation(cfg: DictConfig, loaded: Scene) -> Prepared:
     scene = at(ds.patch)
     supervision = OmegaConf.to_container(cfg.model.supervision, resolve=True)
     get_class(supervision.pop("_target_")).check(scene, **{k: v for k, v in supervision.items() if k != "_partial_"})
-    text = encode_scene_text(TextEncoder(instantiate(cfg.clip)), scene.classes, cfg.model.get("prompt_repeats", 1))
+    encoder = TextEncoder(instantiate(cfg.clip))
+    text = encode_scene_text(encoder, scene.classes, cfg.model.get("prompt_repeats", 1))
     teacher = instantiate(cfg.teacher)
     teacher.prepare(scene, text.embeddings)
-    return Prepared(scene=scene, eval_scene=at(ds.eval), text=text, teacher=teacher)
+    return Prepared(scene=scene, eval_scene=at(ds.eval), text=text, teacher=teacher, encoder=encoder)
 
 
 def build_segmentation(cfg: DictConfig, prepared: Prepared, field, device: torch.device
