@@ -20,7 +20,8 @@ setup(
         "pillow>=10.0",
         "tqdm>=4.60",
         "viser>=1.0",             # python -m laser.viewer
-        "plyfile>=1.0",           # python -m laser.export
+        "plyfile>=1.0",           # python -m laser.export, nerfstudio point clouds
+        "pycolmap>=3.12",         # scene=colmap (COLMAP's .bin / .txt models)
     ],
     extras_require={
         # imageio[ffmpeg] and selenium: the video and the viewer's browser tests (Chromium itself is Debian's).

@@ -125,13 +125,7 @@ class LerfSegmentation(SegmentationStage):
         ``min_views`` training views carry no language (their weight is dropped, not redistributed: the rendered
         embedding is normalised anyway).
         """
-        samples = self.shaded_samples(rays, train)
-        weights, shaded = samples["weights"], samples["shaded"]
-        xyz = samples["points"][shaded]
-        rgb = composite_packed(weights, self.field.color(self.field.app_features(xyz), samples["viewdirs"][shaded]),
-                               shaded)
-        kept = self._seen(xyz, shaded)
-        features = self.language.backbone(xyz[kept[shaded]], self.field)
+        weights, kept, features, rgb = self._query_points(rays, train)
         maps = []
         for scale in self.query_scales:
             language = self.language.language(features, features.new_full((len(features),), scale))
@@ -148,13 +142,7 @@ class LerfSegmentation(SegmentationStage):
         (:func:`~laser.rendering.composite_affine`): compositing the hidden layer and applying ``W`` per ray is exact
         (:meth:`render` is the per-point reference; ``tests/test_lerf.py`` compares the two). A phrase ``q`` then
         only needs ``(h . W^T q + acc b . q) / norm`` (:meth:`query_scores`)."""
-        samples = self.shaded_samples(rays, False)
-        weights, shaded = samples["weights"], samples["shaded"]
-        xyz = samples["points"][shaded]
-        rgb = composite_packed(weights, self.field.color(self.field.app_features(xyz), samples["viewdirs"][shaded]),
-                               shaded)
-        kept = self._seen(xyz, shaded)
-        features = self.language.backbone(xyz[kept[shaded]], self.field)
+        weights, kept, features, rgb = self._query_points(rays, False)
         net = self.language.language_net
         hidden, last = net[:-1], net[-1]
         hiddens = []
@@ -179,6 +167,18 @@ class LerfSegmentation(SegmentationStage):
         cosine = dots / rendered["norm"].clamp(min=1e-12)[..., None]
         maps = torch.sigmoid(cosine - rendered["canonical"][..., None])                 # relevancy(), per scale
         return select_scale(maps.transpose(0, 1))[1]
+
+    def _query_points(self, rays: Tensor, train: bool) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+        """What both query paths start from: the weights ``[R, S]``, the mask ``[R, S]`` of the points that carry
+        language (shaded and seen by ``min_views`` training views), their backbone features ``[P, E]`` and the
+        colour render ``[R, 3]``."""
+        samples = self.shaded_samples(rays, train)
+        weights, shaded = samples["weights"], samples["shaded"]
+        xyz = samples["points"][shaded]
+        rgb = composite_packed(weights, self.field.color(self.field.app_features(xyz), samples["viewdirs"][shaded]),
+                               shaded)
+        kept = self._seen(xyz, shaded)
+        return weights, kept, self.language.backbone(xyz[kept[shaded]], self.field), rgb
 
     def _seen(self, xyz: Tensor, shaded: Tensor) -> Tensor:
         """``shaded`` ``[R, S]`` without the points ``xyz`` ``[P, 3]`` (those of ``shaded``) that fewer than

@@ -310,13 +310,15 @@ class SegmentationStage:
         return scores.reshape(*rays.shape[:2], -1), rendered["rgb"].reshape(*rays.shape[:2], 3)
 
     def evaluate(self, out_dir: str | Path, extra: dict[str, float] | None = None) -> dict[str, float]:
-        """3D-OVS metrics on the annotated views (§11), and in ``metrics.json`` also the LangSplat per-query protocol's
-        (:func:`~laser.evaluation.metrics.per_query_metrics`); overlays with a legend and per-class
-        relevancy maps (colour-mapped per map) in ``out_dir``. ``extra`` columns (the training cost) join
-        the metrics, returned and in ``metrics.json``, which is written once."""
+        """3D-OVS metrics on the annotated views (§11), and in ``metrics.json`` also the LangSplat per-query
+        protocol's (:func:`~laser.evaluation.metrics.per_query_metrics`); overlays with a legend and per-class
+        relevancy maps (colour-mapped per map) in ``out_dir``. A scene with class prompts but no masks (a user's
+        capture with only ``classes.txt``) gets the pictures of its test views and no scores. ``extra`` columns
+        (the training cost) join the metrics, returned and in ``metrics.json``, which is written once."""
         out_dir = Path(out_dir)
         out_dir.mkdir(parents=True, exist_ok=True)
-        views = self.eval_scene.annotated_views
+        annotated = bool(self.eval_scene.annotations)
+        views = self.eval_scene.annotated_views if annotated else list(self.eval_scene.test_views)
         palette = class_palette(len(self.eval_scene.classes))
         key = legend(self.eval_scene.classes, palette)
         truths, scores = [], []
@@ -324,23 +326,24 @@ class SegmentationStage:
             for view in views:
                 score, rgb = self.class_scores(view)
                 scores.append(score.cpu())
-                truths.append(self.eval_scene.annotations[view])
                 save_png(out_dir / f"segmentation_{view:03d}.png",
                          with_legend(segmentation_overlay(rgb.cpu(), score.argmax(-1).cpu(), palette), key))
                 for index, name in enumerate(self.eval_scene.classes):
                     save_png(out_dir / "relevancy" / f"{view:03d}_{name}.png",
                              relevancy_map(score[..., index].cpu()))
-        result = segmentation_metrics(truths, scores)
-        per_query = per_query_metrics(truths, scores, PER_QUERY_THRESHOLD)
         # The teacher's stored bytes ride along: the comparison tables set them beside the scores.
-        metrics = {"miou": result["miou"], "accuracy": result["accuracy"],
-                   "feature_bytes": self.teacher.stored_bytes(), **(extra or {})}
-        write_atomic(out_dir / "metrics.json", json.dumps(
-            {"metrics": metrics, "views": views, "classes": self.eval_scene.classes,
-             "per_view_iou": result["per_view_iou"],
-             "per_query": {"threshold": PER_QUERY_THRESHOLD, "miou": per_query["miou"],
-                           "per_phrase_iou": dict(zip(self.eval_scene.classes, per_query["per_phrase_iou"]))}},
-            indent=2))
+        metrics = {"feature_bytes": self.teacher.stored_bytes(), **(extra or {})}
+        saved = {"metrics": metrics, "views": views, "classes": self.eval_scene.classes}
+        if annotated:
+            truths = [self.eval_scene.annotations[view] for view in views]
+            result = segmentation_metrics(truths, scores)
+            per_query = per_query_metrics(truths, scores, PER_QUERY_THRESHOLD)
+            metrics = {"miou": result["miou"], "accuracy": result["accuracy"], **metrics}
+            saved |= {"metrics": metrics, "per_view_iou": result["per_view_iou"],
+                      "per_query": {"threshold": PER_QUERY_THRESHOLD, "miou": per_query["miou"],
+                                    "per_phrase_iou": dict(zip(self.eval_scene.classes,
+                                                               per_query["per_phrase_iou"]))}}
+        write_atomic(out_dir / "metrics.json", json.dumps(saved, indent=2))
         return metrics
 
     # --- checkpoints ---------------------------------------------------------------------------------------------
