@@ -30,6 +30,7 @@ import torch
 from plyfile import PlyData, PlyElement
 from tqdm import tqdm
 
+from laser.evaluation.pictures import to_uint8
 from laser.query import SceneQuery, slug
 from laser.tools import MISSING, parse_options, phrases, run_tool
 
@@ -46,20 +47,10 @@ class ExportOptions:
     device: str = "auto"
 
 
-@torch.no_grad()
 def surface_points(scene_query: SceneQuery, view: int) -> tuple[torch.Tensor, torch.Tensor]:
     """World points ``[h * w, 3]`` at the expected depth of each ray of the view (at the query's stride) and the
-    rays' opacity ``[h * w]``."""
-    stage, scene = scene_query.stage, scene_query.scene
-    rays = stage.eval_rays(view, scene_query.stride).reshape(-1, 6)
-    points, opacity = [], []
-    for block in rays.split(stage.rendering.chunk):
-        weights = stage.shaded_samples(block, train=False)
-        acc = weights["weights"].sum(-1)
-        t = (weights["weights"] * weights["t"]).sum(-1) / acc.clamp(min=1e-10)
-        points.append(scene.world_points(block[:, :3] + block[:, 3:] * t[:, None]).cpu())
-        opacity.append(acc.cpu())
-    return torch.cat(points), torch.cat(opacity)
+    rays' opacity ``[h * w]`` (:meth:`~laser.query.SceneQuery.surface`)."""
+    return scene_query.surface(scene_query.stage.eval_rays(view, scene_query.stride).reshape(-1, 6))
 
 
 def property_names(names: Sequence[str], prefix: str) -> list[str]:
@@ -94,16 +85,16 @@ def export(options: ExportOptions) -> dict:
     for view in tqdm(scene_query.views(options.views), desc="exporting", unit="view"):
         xyz, opacity = surface_points(scene_query, view)
         keep = opacity >= options.min_opacity
-        view_scores = scene_query.stage.query_scores(scene_query.rendered(view), embeddings).cpu()
+        rendered = scene_query.rendered(view)
         points.append(xyz[keep])
-        colours.append(scene_query.rendered(view)["rgb"].cpu()[keep])
-        scores.append(view_scores[keep])
-    xyz, rgb, score = torch.cat(points).numpy(), torch.cat(colours).numpy(), torch.cat(scores).numpy()
+        colours.append(rendered["rgb"].cpu()[keep])
+        scores.append(scene_query.stage.query_scores(rendered, embeddings).cpu()[keep])
+    xyz, rgb, score = torch.cat(points).numpy(), to_uint8(torch.cat(colours)), torch.cat(scores).numpy()
     labels = score[:, :len(classes)].argmax(axis=1).astype(np.int32)
     columns = {"x": xyz[:, 0].astype(np.float32), "y": xyz[:, 1].astype(np.float32),
                "z": xyz[:, 2].astype(np.float32)}
     for channel, name in enumerate(("red", "green", "blue")):
-        columns[name] = np.round(np.clip(rgb[:, channel], 0, 1) * 255).astype(np.uint8)
+        columns[name] = rgb[:, channel]
     columns["class"] = labels
     for index, name in enumerate(property_names(classes, "score") + property_names(texts, "relevancy")):
         columns[name] = score[:, index].astype(np.float32)

@@ -130,20 +130,29 @@ class SceneQuery:
         return self.stage.query_scores(self.rendered(view), embeddings).reshape(*self.shape, len(embeddings))
 
     @torch.no_grad()
+    def surface(self, rays: Tensor) -> tuple[Tensor, Tensor]:
+        """World points ``[R, 3]`` at the expected depth of rays ``[R, 6]`` (the NDC warp undone) and the rays'
+        opacity ``[R]``, from the frozen density alone, on the CPU; ``rendering.chunk`` rays at a time."""
+        stage = self.stage
+        points, opacity = [], []
+        for block in rays.to(stage.device).split(stage.rendering.chunk):
+            samples = stage.shaded_samples(block, train=False)
+            acc = samples["weights"].sum(-1)
+            t = (samples["weights"] * samples["t"]).sum(-1) / acc.clamp(min=1e-10)
+            points.append(self.scene.world_points(block[:, :3] + block[:, 3:] * t[:, None]).cpu())
+            opacity.append(acc.cpu())
+        return torch.cat(points), torch.cat(opacity)
+
     def focus_depth(self, c2w: Tensor) -> float:
         """Median depth, along the camera's axis in world units, of what the field renders (opacity above 0.5) at
         the central quarter of the view from ``c2w`` ``[3, 4]``: where a spiral path or the viewer's orbit looks.
         1 when nothing is rendered there."""
-        stage, scene = self.stage, self.scene
+        scene = self.scene
         rays = scene.camera_rays(c2w, max(8, scene.height // 8), max(8, scene.width // 8))
         h, w = rays.shape[:2]
-        rays = rays[h // 4: h - h // 4, w // 4: w - w // 4].reshape(-1, 6).to(stage.device)
-        samples = stage.shaded_samples(rays, train=False)
-        acc = samples["weights"].sum(-1)
-        t = (samples["weights"] * samples["t"]).sum(-1) / acc.clamp(min=1e-10)
-        points = scene.world_points(rays[:, :3] + rays[:, 3:] * t[:, None]).cpu()
+        points, opacity = self.surface(rays[h // 4: h - h // 4, w // 4: w - w // 4].reshape(-1, 6))
         depth = (c2w[:, 3] - points) @ c2w[:, 2]                          # along the camera's back axis
-        opaque = acc.cpu() > 0.5
+        opaque = opacity > 0.5
         return float(depth[opaque].median()) if opaque.any() else 1.0
 
     def rgb(self, view: int) -> Tensor:
@@ -218,7 +227,7 @@ def query(options: QueryOptions) -> dict:
     key = legend(texts, palette)
     for view in views:
         scores = torch.stack(maps[view], dim=-1)
-        for phrase, index in zip(texts, range(len(texts))):
+        for index, phrase in enumerate(texts):
             save_png(out / "relevancy" / f"{view:03d}_{slug(phrase)}.png", relevancy_map(scores[..., index]))
         labels = segmentation(scores, options.threshold)
         save_png(out / f"segmentation_{view:03d}.png",

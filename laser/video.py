@@ -28,7 +28,8 @@ from tqdm import tqdm
 from laser.data.camera_paths import orbit_path, spiral_path
 from laser.data.rays import average_pose
 from laser.errors import ConfigError
-from laser.evaluation.pictures import class_palette, legend, relevancy_map, segmentation_overlay, with_legend
+from laser.evaluation.pictures import (class_palette, legend, relevancy_map, segmentation_overlay, to_uint8,
+                                      with_legend)
 from laser.query import SceneQuery
 from laser.tools import MISSING, parse_options, phrases, run_tool
 
@@ -46,11 +47,15 @@ class VideoOptions:
     device: str = "auto"
 
 
+def path_kind(scene, kind: str) -> str:
+    """``kind``, with ``auto`` resolved by the scene's ray space: a spiral for NDC (forward-facing), else an orbit."""
+    return ("spiral" if scene.ndc else "orbit") if kind == "auto" else kind
+
+
 def camera_path(scene_query: SceneQuery, kind: str, frames: int) -> torch.Tensor:
-    """``[frames, 3, 4]`` poses of the path ``kind`` (auto: by the scene's ray space) round the training cameras."""
+    """``[frames, 3, 4]`` poses of the path ``kind`` (auto: :func:`path_kind`) round the training cameras."""
     scene = scene_query.scene
-    if kind == "auto":
-        kind = "spiral" if scene.ndc else "orbit"
+    kind = path_kind(scene, kind)
     poses = scene.c2w[scene.train_views]
     if kind == "spiral":
         average = torch.from_numpy(average_pose(poses.double().numpy())).float()
@@ -99,13 +104,12 @@ def video(options: VideoOptions) -> dict:
     partial = out.with_name(f".{out.stem}.partial{out.suffix}")
     with imageio.get_writer(partial, fps=options.fps, codec="libx264", macro_block_size=1) as writer:
         for rgb, scores in tqdm(rendered, desc="writing", unit="frame"):
-            colour = np.round(rgb.clamp(0, 1).numpy() * 255).astype(np.uint8)
-            panels = [colour, segmentation_overlay(rgb, scores[..., :-1].argmax(-1), palette),
+            panels = [to_uint8(rgb), segmentation_overlay(rgb, scores[..., :-1].argmax(-1), palette),
                       relevancy_map(scores[..., -1], value_range=value_range)]
             writer.append_data(even(with_legend(np.concatenate(panels, axis=1), key)))
     os.replace(partial, out)
     return {"run": str(scene_query.run), "out": str(out), "frames": len(poses), "fps": options.fps,
-            "path": options.path if options.path != "auto" else ("spiral" if scene.ndc else "orbit"),
+            "path": path_kind(scene, options.path),
             "phrases": texts, "relevancy": highlighted, "frame_size": list(rendered[0][0].shape[:2])}
 
 

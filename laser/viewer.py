@@ -26,7 +26,7 @@ import viser.transforms as vtf
 from laser.data.rays import average_pose
 from laser.errors import ConfigError
 from laser.evaluation.metrics import normalized_relevancy
-from laser.evaluation.pictures import class_palette, relevancy_map, segmentation_overlay
+from laser.evaluation.pictures import class_palette, relevancy_map, segmentation_overlay, to_uint8
 from laser.query import SceneQuery, segmentation
 from laser.tools import MISSING, parse_options, run_tool
 
@@ -131,7 +131,7 @@ class Viewer:
         rays = self.query.scene.camera_rays(c2w, height, width, focal, focal).to(stage.device)
         rendered = stage.render_view(rays)
         rgb = rendered["rgb"].reshape(height, width, 3).clamp(0, 1).cpu()
-        plain = np.round(rgb.numpy() * 255).astype(np.uint8)
+        plain = to_uint8(rgb)
         if mode == "RGB" or not texts:
             return plain
         with torch.no_grad():

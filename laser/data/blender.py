@@ -22,13 +22,18 @@ from laser.data.scene import Scene
 from laser.errors import DataError
 
 
-def read_transforms(path: Path) -> dict:
+def read_json(path: Path, missing: str = "transforms file not found") -> dict:
+    """A camera file's JSON; a missing file is ``missing``, malformed JSON says where it breaks."""
     if not path.is_file():
-        raise DataError(path, "transforms file not found")
+        raise DataError(path, missing)
     try:
-        meta = json.loads(path.read_text())
+        return json.loads(path.read_text())
     except json.JSONDecodeError as err:
         raise DataError(path, f"not valid JSON ({err})") from err
+
+
+def read_transforms(path: Path) -> dict:
+    meta = read_json(path)
     if "camera_angle_x" not in meta or not meta.get("frames"):
         raise DataError(path, "needs 'camera_angle_x' and a non-empty 'frames' list")
     for i, frame in enumerate(meta["frames"]):

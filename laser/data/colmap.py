@@ -49,9 +49,8 @@ def read_colmap(root: str | Path, image_dir: str = "images", model_dir: str = "s
 
     root = Path(root)
     model = root / model_dir
-    found = [f"{part}.{ext}" for part in ("cameras", "images") for ext in ("bin", "txt") if (model / f"{part}.{ext}").is_file()]
-    if not model.is_dir() or not any(f.startswith("cameras") for f in found) or not any(f.startswith("images")
-                                                                                        for f in found):
+    if not all((model / f"{part}.bin").is_file() or (model / f"{part}.txt").is_file()
+               for part in ("cameras", "images")):
         raise DataError(model, "no COLMAP model here (expected cameras.bin / images.bin, or the .txt files)")
     try:
         reconstruction = pycolmap.Reconstruction(str(model))

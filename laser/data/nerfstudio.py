@@ -15,11 +15,11 @@ p2``) must be zero: undistorted images are expected (refused otherwise, with the
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import numpy as np
 
+from laser.data.blender import read_json
 from laser.data.captures import Capture, capture_scene, check_principal_point
 from laser.data.scene import Scene
 from laser.errors import DataError
@@ -45,12 +45,7 @@ def read_nerfstudio(root: str | Path, transforms: str = "transforms.json") -> Ca
     """The cameras, images and (optional) points of ``root/transforms.json``."""
     root = Path(root)
     source = root / transforms
-    if not source.is_file():
-        raise DataError(source, "transforms file not found (nerfstudio's ns-process-data writes transforms.json)")
-    try:
-        meta = json.loads(source.read_text())
-    except json.JSONDecodeError as err:
-        raise DataError(source, f"not valid JSON ({err})") from err
+    meta = read_json(source, "transforms file not found (nerfstudio's ns-process-data writes transforms.json)")
     frames = meta.get("frames")
     if not isinstance(frames, list) or not frames:
         raise DataError(source, "needs a non-empty 'frames' list")

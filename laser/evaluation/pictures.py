@@ -41,9 +41,9 @@ def _numpy(x: ArrayLike) -> np.ndarray:
     return x.detach().cpu().numpy() if isinstance(x, Tensor) else np.asarray(x)
 
 
-def _to_uint8(image: np.ndarray) -> np.ndarray:
-    """``[..., 3]`` floats in [0, 1] (clipped) -> ``uint8``."""
-    return np.round(np.clip(image, 0.0, 1.0) * 255.0).astype(np.uint8)
+def to_uint8(image: ArrayLike) -> np.ndarray:
+    """``[..., 3]`` floats in [0, 1] (clipped), an array or a tensor (on any device) -> ``uint8``."""
+    return np.round(np.clip(_numpy(image), 0.0, 1.0) * 255.0).astype(np.uint8)
 
 
 def class_palette(num_classes: int) -> np.ndarray:
@@ -112,7 +112,7 @@ def segmentation_overlay(rgb: ArrayLike, labels: ArrayLike, palette: ArrayLike, 
     if rgb.shape != colours.shape:
         raise ValueError(f"rgb {rgb.shape} does not match labels {colours.shape[:2]} (expected [H, W, 3])")
     share = np.where(labels[..., None] >= 0, alpha, 0.0)
-    image = _to_uint8((1.0 - share) * rgb + share * colours / 255.0)
+    image = to_uint8((1.0 - share) * rgb + share * colours / 255.0)
     if boundaries:
         image[class_boundaries(labels)] = 0
     return image

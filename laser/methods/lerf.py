@@ -144,11 +144,11 @@ class LerfSegmentation(SegmentationStage):
         only needs ``(h . W^T q + acc b . q) / norm`` (:meth:`query_scores`)."""
         weights, kept, features, rgb = self._query_points(rays, False)
         net = self.language.language_net
-        hidden, last = net[:-1], net[-1]
+        layers, last = net[:-1], net[-1]
         hiddens = []
         for scale in self.query_scales:
             inputs = torch.cat([features, features.new_full((len(features), 1), scale)], dim=-1)
-            hiddens.append(composite_packed(weights, hidden(inputs), kept))
+            hiddens.append(composite_packed(weights, layers(inputs), kept))
         hidden = torch.stack(hiddens, dim=1)                                             # [R, S, H]
         acc = composite_packed(weights, weights.new_ones(len(features), 1), kept)       # [R, 1]
         embedding = (last(hidden) + (acc - 1)[:, None] * last.bias).masked_fill(acc[:, None] == 0, 0.0)

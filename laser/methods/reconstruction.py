@@ -11,14 +11,11 @@ import torch
 
 from laser.data.scene import Scene
 from laser.evaluation.metrics import psnr, ssim
+from laser.evaluation.pictures import to_uint8
 from laser.evaluation.tables import write_atomic
 from laser.fields.base import RadianceField
 from laser.fields.tensorf import log_spaced_voxels
 from laser.rendering import render_in_chunks, render_rays, samples_per_ray
-
-
-def to_uint8(image: torch.Tensor) -> np.ndarray:
-    return (image.clamp(0, 1) * 255).round().byte().cpu().numpy()
 
 
 def depth_to_uint8(depth: torch.Tensor) -> np.ndarray:
