@@ -22,6 +22,7 @@ setup(
         "viser>=1.0",             # python -m laser.viewer
         "plyfile>=1.0",           # python -m laser.export, nerfstudio point clouds
         "pycolmap>=3.12",         # scene=colmap (COLMAP's .bin / .txt models)
+        "contourpy>=1.2",         # the synthetic 360° scene's LERF-OVS polygons
     ],
     extras_require={
         # imageio[ffmpeg] and selenium: the video and the viewer's browser tests (Chromium itself is Debian's).

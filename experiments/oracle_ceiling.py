@@ -83,7 +83,7 @@ def main() -> None:
     print("| | mIoU % | accuracy % | " + " | ".join(classes) + " |")
     print("|---" * (len(classes) + 3) + "|")
     for name, scores in rows.items():
-        result = segmentation_metrics(truths, scores)
+        result = segmentation_metrics(truths, scores, scene.score_unlabelled)
         per_class = torch.tensor(result["per_view_iou"]).mean(0).tolist()
         print(f"| {name} | {100 * result['miou']:.1f} | {100 * result['accuracy']:.1f} | "
               + " | ".join(f"{100 * v:.0f}" for v in per_class) + " |")

@@ -71,7 +71,8 @@ def evaluate(stage, every: int) -> dict:
             scores.append(stage.class_scores(view, stride=every)[0].cpu())
             truths.append(scene.annotations[view][::every, ::every])
             teacher_scores.append(stage.teacher.pixel_scores(view, mode="nearest")[::every, ::every])
-    result, teacher = segmentation_metrics(truths, scores), segmentation_metrics(truths, teacher_scores)
+    result = segmentation_metrics(truths, scores, scene.score_unlabelled)
+    teacher = segmentation_metrics(truths, teacher_scores, scene.score_unlabelled)
 
     def per_class(r: dict) -> dict:
         return {n: round(v, 2) for n, v in zip(scene.classes, torch.tensor(r["per_view_iou"]).mean(0).tolist())}

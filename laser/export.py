@@ -19,7 +19,6 @@ cloud per class that has points, ``<out stem>_<class>.ply``. Every file is writt
 from __future__ import annotations
 
 import json
-import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,9 +26,9 @@ from typing import Any
 
 import numpy as np
 import torch
-from plyfile import PlyData, PlyElement
 from tqdm import tqdm
 
+from laser.data.ply import write_ply
 from laser.evaluation.pictures import to_uint8
 from laser.query import SceneQuery, slug
 from laser.tools import MISSING, parse_options, phrases, run_tool
@@ -63,17 +62,6 @@ def property_names(names: Sequence[str], prefix: str) -> list[str]:
             candidate, number = f"{base}_{number}", number + 1
         out.append(candidate)
     return out
-
-
-def write_ply(path: Path, columns: dict[str, np.ndarray], comments: list[str]) -> None:
-    """A binary PLY of one ``vertex`` element from equal-length columns, written atomically."""
-    vertex = np.empty(len(next(iter(columns.values()))), dtype=[(k, v.dtype) for k, v in columns.items()])
-    for key, value in columns.items():
-        vertex[key] = value
-    path.parent.mkdir(parents=True, exist_ok=True)
-    partial = path.with_name(f".{path.name}.partial")
-    PlyData([PlyElement.describe(vertex, "vertex")], comments=comments).write(str(partial))
-    os.replace(partial, path)
 
 
 def export(options: ExportOptions) -> dict:

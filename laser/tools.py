@@ -1,5 +1,5 @@
-"""What the tools that use a trained scene share (``python -m laser.query | viewer | export | video``): their
-``key=value`` command line, checked against the tool's options, and their error reporting.
+"""What the tools that use a trained scene share (``python -m laser.query | viewer | export | video | lerf_ovs``):
+their ``key=value`` command line, checked against the tool's options, and their error reporting.
 
 The command line reads like Hydra's overrides (``run=runs/synthetic text='["red apple", "a mug"]'``) but starts no
 Hydra job: these tools write only what they are asked to write.

@@ -99,3 +99,20 @@ def test_the_stage_2_benchmark_scripts_run_sweeps_that_compose(tmp_path, script)
     if script == "benchmark_stage2.sh":
         assert "scene=synthetic,synthetic_desk" in swept and "model=laser,laser_stable" in swept
         assert swept.count("model.seed=20230417,20230418,20230419") == 2       # the full Laser's and plain's
+
+
+def test_the_360_benchmark_runs_jobs_that_compose(tmp_path):
+    log = tmp_path / "calls.txt"
+    fake = tmp_path / "python"
+    fake.write_text(f'#!/bin/sh\necho "$@" >> {log}\n')
+    fake.chmod(0o755)
+    out = subprocess.run(["bash", str(REPO / "experiments" / "benchmark_360.sh"), str(tmp_path / "out")], cwd=REPO,
+                         env={**os.environ, "PYTHON": str(fake)}, capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    calls = [line.split() for line in log.read_text().splitlines()]
+    assert [c[0] for c in calls] == ["train.py", "train.py", "experiments/oracle_ceiling.py", "-m"]
+    stage1, plain = (compose_train(*[o for o in call[1:] if not o.startswith("hydra.")]) for call in calls[:2])
+    assert stage1.scene.name == plain.scene.name == "synthetic_360" and not stage1.segmentation
+    assert stage1.reconstruction == plain.reconstruction and plain.reconstruction.n_iters == 2000
+    assert plain.model.ltqa is None and plain.model.adapter is None             # plain: every part off
+    assert calls[3][:2] == ["-m", "laser.lerf_ovs"] and calls[3][2] == f"run={tmp_path / 'out' / 'plain'}"

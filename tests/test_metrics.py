@@ -60,3 +60,13 @@ def test_per_query_masks_each_phrase_alone_and_scores_only_the_views_where_it_is
     # phrase 0: normalised (1, .89, .11, 0) -> pixels 0, 1: IoU 1. Phrase 1: (.5, 1, .75, 0) -> pixels 1, 2: 1/3.
     assert result["per_phrase_iou"][0] == pytest.approx(1.0) and result["per_phrase_iou"][1] == pytest.approx(1 / 3)
     assert result["per_phrase_iou"][2] is None and result["miou"] == pytest.approx(2 / 3)
+
+
+def test_unlabelled_pixels_count_as_wrong_unless_the_scene_has_a_transparent_background():
+    truth = torch.zeros(1, 4, 2, dtype=torch.bool)
+    truth[0, 0, 0] = truth[0, 1, 1] = True                       # two labelled pixels, two background
+    scores = torch.tensor([[[[1.0, 0.0], [0.0, 1.0], [1.0, 0.0], [0.0, 1.0]]]])        # [1, 4, 2]
+    scored = segmentation_metrics([truth], list(scores))
+    assert scored["accuracy"] == 0.5 and scored["miou"] == 0.5              # background counted as wrong
+    left_out = segmentation_metrics([truth], list(scores), score_unlabelled=False)
+    assert left_out["accuracy"] == 1.0 and left_out["miou"] == 1.0

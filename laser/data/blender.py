@@ -6,6 +6,8 @@
 <root>/train/r_0.png ...          RGBA, composited over the background colour
 ```
 Camera matrices are OpenGL camera-to-world already. Rays stay in world space (no NDC), directions unit length.
+Class prompts, masks and labels as for any scene (:func:`laser.data.llff.read_segmentation`), the views numbered
+in the order the splits list their frames; the background of RGBA images is no class.
 """
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from laser.data.llff import read_image
+from laser.data.llff import read_image, read_segmentation
 from laser.data.scene import Scene
 from laser.errors import DataError
 
@@ -59,6 +61,7 @@ def load_blender_scene(root: str | Path, downsample: float = 1.0, splits: tuple[
     images, poses, paths, split_views = [], [], [], {}
     focal = None
     size = None
+    transparent = False
     for split in splits:
         meta = read_transforms(root / f"transforms_{split}.json")
         split_views[split] = []
@@ -75,15 +78,19 @@ def load_blender_scene(root: str | Path, downsample: float = 1.0, splits: tuple[
             if rgba.ndim != 3 or rgba.shape[2] not in (3, 4):
                 raise DataError(path, f"expected an RGB or RGBA image, found shape {rgba.shape}")
             if rgba.shape[2] == 4:
+                transparent = True
                 rgba = rgba[..., :3] * rgba[..., 3:] + np.asarray(background, np.float32) * (1 - rgba[..., 3:])
             split_views[split].append(len(images))
             images.append(torch.from_numpy(np.ascontiguousarray(rgba[..., :3])))
             poses.append(np.asarray(frame["transform_matrix"], dtype=np.float64)[:3])
-            paths.append(str(path))
+            paths.append(path)
+    # Segmentation views index the images in the order the splits list them.
+    classes, annotations, labels = read_segmentation(root, paths, size, source)
     return Scene(
         name=name or root.name, images=torch.stack(images), c2w=torch.from_numpy(np.stack(poses)).float(),
         fx=float(focal), fy=float(focal), ndc=False, near_far=tuple(near_far),
-        aabb=torch.tensor(aabb, dtype=torch.float32), image_paths=paths,
+        aabb=torch.tensor(aabb, dtype=torch.float32), image_paths=[str(p) for p in paths],
         train_views=split_views[splits[0]], test_views=split_views[splits[-1]],
-        white_background=tuple(background) == (1.0, 1.0, 1.0),
+        white_background=tuple(background) == (1.0, 1.0, 1.0), classes=classes, annotations=annotations,
+        labels=labels, score_unlabelled=not transparent,
     )

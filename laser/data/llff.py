@@ -140,6 +140,28 @@ def read_labels(label_dir: Path, image_paths: list[Path], size: tuple[int, int],
     return torch.stack(maps)
 
 
+def read_segmentation(root: Path, image_paths: list[Path], size: tuple[int, int], source_size: tuple[int, int],
+                      load_labels: bool = True) -> tuple[list[str], dict[int, torch.Tensor], torch.Tensor | None]:
+    """The sorted class prompts, annotated-view masks and per-pixel labels of a scene folder, any layout.
+
+    ``root/segmentations/`` (the 3D-OVS layout: ``classes.txt`` and one mask folder per annotated view) with, when
+    ``load_labels``, ``root/labels/`` (one label map per image, the synthetic scenes'); else ``root/classes.txt``
+    alone (prompts without masks: a capture to query, not to score); else nothing.
+    """
+    seg_dir = root / "segmentations"
+    if seg_dir.is_dir():
+        written = read_classes(seg_dir / "classes.txt")
+        classes = sorted(written)
+        annotations = read_annotations(seg_dir, classes, len(image_paths), size, source_size)
+        labels = None
+        if load_labels and (root / "labels").is_dir():
+            labels = read_labels(root / "labels", image_paths, size, written, classes)
+        return classes, annotations, labels
+    if (root / "classes.txt").is_file():
+        return sorted(read_classes(root / "classes.txt")), {}, None
+    return [], {}, None
+
+
 def load_llff_scene(root: str | Path, downsample: float = 1.0, image_dir: str = "images",
                     near_far: tuple[float, float] = (0.0, 1.0),
                     aabb: tuple[tuple[float, ...], tuple[float, ...]] = ((-1.5, -1.67, -1.0), (1.5, 1.67, 1.0)),
@@ -177,14 +199,7 @@ def load_llff_scene(root: str | Path, downsample: float = 1.0, image_dir: str = 
     scale = 1.0 / (0.75 * bounds.min())
     c2w[:, :, 3] *= scale
 
-    classes, annotations, labels = [], {}, None
-    seg_dir = root / "segmentations"
-    if seg_dir.is_dir():
-        written = read_classes(seg_dir / "classes.txt")
-        classes = sorted(written)
-        annotations = read_annotations(seg_dir, classes, len(image_paths), size, source_size)
-        if load_labels and (root / "labels").is_dir():
-            labels = read_labels(root / "labels", image_paths, size, written, classes)
+    classes, annotations, labels = read_segmentation(root, image_paths, size, source_size, load_labels)
 
     views = list(range(len(image_paths)))
     test_views = views[::holdout_every] if holdout_every > 0 else [0]

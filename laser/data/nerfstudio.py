@@ -21,24 +21,13 @@ import numpy as np
 
 from laser.data.blender import read_json
 from laser.data.captures import Capture, capture_scene, check_principal_point
+from laser.data.ply import read_points
 from laser.data.scene import Scene
 from laser.errors import DataError
 
 INTRINSICS = ("fl_x", "fl_y", "cx", "cy", "w", "h")
 DISTORTION = ("k1", "k2", "k3", "k4", "p1", "p2")
 MODELS = ("OPENCV", "PINHOLE", "SIMPLE_PINHOLE")
-
-
-def read_points(path: Path) -> np.ndarray:
-    from plyfile import PlyData
-
-    if not path.is_file():
-        raise DataError(path, "point cloud named by ply_file_path not found")
-    try:
-        vertex = PlyData.read(str(path))["vertex"]
-    except Exception as err:               # plyfile raises several types for a malformed file
-        raise DataError(path, f"cannot read the point cloud ({type(err).__name__}: {err})") from err
-    return np.stack([vertex["x"], vertex["y"], vertex["z"]], axis=-1).astype(np.float64)
 
 
 def read_nerfstudio(root: str | Path, transforms: str = "transforms.json") -> Capture:

@@ -32,6 +32,9 @@ class Scene:
     annotations: dict[int, Tensor] = field(default_factory=dict)  # view -> [H, W, C] bool ground-truth masks
     labels: Tensor | None = None         # [N, H, W] int64 class index, -1 unlabelled (scenes with labels/)
     white_background: bool = False
+    # 3D-OVS scores a pixel in no mask as wrong (LASER.md §11). Scenes over a transparent background (360° object
+    # captures, the synthetic 360° scene) set False: their background is no class, and its pixels are not scored.
+    score_unlabelled: bool = True
 
     @property
     def height(self) -> int:

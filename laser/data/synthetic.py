@@ -26,7 +26,8 @@ Output (3D-OVS layout, plus ``labels/`` and ``synthetic.json``)::
     <out>/labels/<stem>.png                      uint8 class map: 0 unlabelled, k = k-th line of classes.txt
     <out>/synthetic.json                         the generator's parameters
 
-Run ``python -m laser.data.synthetic --out data/synthetic`` (see ``--help``).
+Run ``python -m laser.data.synthetic --out data/synthetic`` (see ``--help``). The 360° variant, the same objects
+seen from an orbit, is :mod:`laser.data.synthetic_360`.
 """
 
 from __future__ import annotations
@@ -36,6 +37,7 @@ import json
 import os
 import shutil
 import tempfile
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -398,6 +400,11 @@ def scene_objects(seed: int = 0, layout: str = "table") -> tuple[tuple[SceneObje
 
     The class set and order never change with the seed.
     """
+    return jittered(_layout(layout), seed)
+
+
+def jittered(base: tuple[SceneObject, ...], seed: int) -> tuple[tuple[SceneObject, ...], list[Noise]]:
+    """:func:`scene_objects` of any tuple of objects (the 360° variant's too)."""
     rng = np.random.default_rng(seed)
 
     def jitter(color: tuple[float, float, float] | None) -> tuple[float, float, float] | None:
@@ -406,7 +413,7 @@ def scene_objects(seed: int = 0, layout: str = "table") -> tuple[tuple[SceneObje
         return tuple(float(c) for c in np.clip(np.asarray(color) + rng.uniform(-COLOR_JITTER, COLOR_JITTER, 3), 0, 1))
 
     objects, noises = [], []
-    for obj in _layout(layout):
+    for obj in base:
         texture = replace(obj.texture, color=jitter(obj.texture.color), color2=jitter(obj.texture.color2))
         dx, dz = rng.uniform(-POSITION_JITTER, POSITION_JITTER, 2) if obj.movable else (0.0, 0.0)
         dyaw = rng.uniform(-YAW_JITTER, YAW_JITTER) if obj.movable else 0.0
@@ -451,7 +458,7 @@ def focal_length(width: int) -> float:
     return FOCAL_PER_WIDTH * width
 
 
-def _camera_directions(height: int, width: int, focal: float, offsets: np.ndarray) -> np.ndarray:
+def camera_directions(height: int, width: int, focal: float, offsets: np.ndarray) -> np.ndarray:
     """Camera-space directions ``(x, y, -1)``, components first: ``[3, S*H*W]`` (sample-major, then row-major
     pixels) through the sub-pixel ``offsets`` ``[S, 2]`` (i, j).
 
@@ -469,14 +476,16 @@ _CHUNK = 1 << 16
 
 
 def render_view(objects: tuple[SceneObject, ...], noises: list[Noise], c2w: np.ndarray, height: int, width: int,
-                focal: float) -> tuple[np.ndarray, np.ndarray, tuple[float, float]]:
+                focal: float, alpha: bool = False) -> tuple[np.ndarray, np.ndarray, tuple[float, float]]:
     """Render one camera ``c2w`` ``[3, 4]``.
 
-    Returns the image ``[H, W, 3]`` uint8 (mean of 2x2 sub-pixel samples), the label map ``[H, W]`` uint8 (class
-    hit by the pixel centre, 1-based, 0 on a miss) and the (min, max) depth along -z of all visible samples.
+    Returns the image ``[H, W, 3]`` uint8 (mean of 2x2 sub-pixel samples, black where they miss), the label map
+    ``[H, W]`` uint8 (class hit by the pixel centre, 1-based, 0 on a miss) and the (min, max) depth along -z of all
+    visible samples. ``alpha``: the image is ``[H, W, 4]`` RGBA instead, alpha the share of the samples that hit
+    and colour their mean (straight alpha, as PNG stores it), for scenes over a transparent background.
     """
     pixels = height * width
-    d = c2w[:, :3] @ _camera_directions(height, width, focal, _SAMPLE_OFFSETS)             # [3, 5*H*W]
+    d = c2w[:, :3] @ camera_directions(height, width, focal, _SAMPLE_OFFSETS)             # [3, 5*H*W]
     t = np.empty(d.shape[1])
     prim = np.empty(d.shape[1], dtype=np.int64)
     colors = np.empty((3, 4 * pixels))
@@ -490,7 +499,11 @@ def render_view(objects: tuple[SceneObject, ...], noises: list[Noise], c2w: np.n
         if shaded > 0:
             colors[:, start:start + shaded] = _shade(objects, noises, c2w[:, 3], chunk[:, :shaded],
                                                      t[start:start + shaded], prim[start:start + shaded])
-    image = np.round(colors.reshape(3, 4, height, width).mean(1).transpose(1, 2, 0) * 255.0).astype(np.uint8)
+    colors = colors.reshape(3, 4, height, width).mean(1)
+    if alpha:
+        coverage = np.isfinite(t[:4 * pixels]).reshape(4, height, width).mean(0)
+        colors = np.concatenate([colors / np.maximum(coverage, 1e-12), coverage[None]])
+    image = np.round(colors.transpose(1, 2, 0) * 255.0).astype(np.uint8)
     labels = _labels_of(objects, prim[4 * pixels:]).reshape(height, width).astype(np.uint8)
     depth = t[np.isfinite(t)]
     return image, labels, (float(depth.min()), float(depth.max()))
@@ -511,19 +524,20 @@ def _parameters(seed: int, width: int, height: int, views: int, annotated: int, 
             "height": height, "views": views, "annotated": annotated, "layout": layout}
 
 
-def _read_parameters(out: Path) -> dict | None:
-    """The generator parameters recorded in ``out``, or ``None`` when ``out`` is not a generated scene."""
+def _read_parameters(out: Path, wanted: dict) -> dict | None:
+    """The generator parameters (``wanted``'s keys) recorded in ``out``, or ``None`` when ``out`` is not a generated
+    scene."""
     try:
         info = json.loads((out / "synthetic.json").read_text())
     except (OSError, ValueError):
         return None
-    if not isinstance(info, dict) or info.get("generator") != "laser.data.synthetic":
+    if not isinstance(info, dict) or not str(info.get("generator", "")).startswith("laser.data.synthetic"):
         return None
     # Scenes written before layouts existed are the default layout.
-    return {key: info.get(key, "table" if key == "layout" else None) for key in _parameters(0, 0, 0, 0, 0)}
+    return {key: info.get(key, "table" if key == "layout" else None) for key in wanted}
 
 
-def _save_png(array: np.ndarray, path: Path) -> None:
+def save_png(array: np.ndarray, path: Path) -> None:
     # Fixed encoder settings, so the same array always gives the same bytes.
     Image.fromarray(array).save(path, format="PNG", optimize=False, compress_level=6)
 
@@ -544,8 +558,8 @@ def _write_scene(folder: Path, seed: int, width: int, height: int, views: int, a
     label_maps = []
     for v in range(views):
         image, labels, (near, far) = render_view(objects, noises, c2w[v], height, width, focal)
-        _save_png(image, folder / "images" / f"{stems[v]}.png")
-        _save_png(labels, folder / "labels" / f"{stems[v]}.png")
+        save_png(image, folder / "images" / f"{stems[v]}.png")
+        save_png(labels, folder / "labels" / f"{stems[v]}.png")
         label_maps.append(labels)
         right, up, back, center = c2w[v].T
         llff = np.stack([-up, right, back, center, [height, width, focal]], axis=1)       # [3, 5]
@@ -558,7 +572,7 @@ def _write_scene(folder: Path, seed: int, width: int, height: int, views: int, a
     for v in annotated_views(views, annotated):
         (seg / stems[v]).mkdir()
         for k, prompt in enumerate(classes, start=1):
-            _save_png(np.where(label_maps[v] == k, 255, 0).astype(np.uint8), seg / stems[v] / f"{prompt}.png")
+            save_png(np.where(label_maps[v] == k, 255, 0).astype(np.uint8), seg / stems[v] / f"{prompt}.png")
 
     info = _parameters(seed, width, height, views, annotated, layout) | {"classes": list(classes), "focal": focal}
     (folder / "synthetic.json").write_text(json.dumps(info, indent=2, sort_keys=True) + "\n")
@@ -566,7 +580,17 @@ def _write_scene(folder: Path, seed: int, width: int, height: int, views: int, a
 
 def generate(out: str | Path, seed: int = 0, width: int = 320, height: int = 240, views: int = 24,
              annotated: int = 4, force: bool = False, layout: str = "table") -> Path:
-    """Write the synthetic scene into ``out`` and return its path.
+    """Write the synthetic scene into ``out`` and return its path (:func:`write_generated`)."""
+    _layout(layout)
+    return write_generated(
+        out, _parameters(seed, width, height, views, annotated, layout), force,
+        lambda folder: _write_scene(folder, seed, width, height, views, annotated, layout),
+        f"{layout}, seed {seed}, {width}x{height}, {views} views, {len(layout_classes(layout))} classes")
+
+
+def write_generated(out: str | Path, wanted: dict, force: bool, write: Callable[[Path], None],
+                    description: str) -> Path:
+    """Write a generated scene of parameters ``wanted`` (``synthetic.json``'s keys) into ``out`` with ``write``.
 
     Nothing is done when ``out`` already holds a scene generated with the same parameters (unless ``force``). A
     scene of other parameters, or of another :data:`VERSION`, is replaced; a folder that is not a generated scene
@@ -575,16 +599,13 @@ def generate(out: str | Path, seed: int = 0, width: int = 320, height: int = 240
     """
     out = Path(out)
     # At least one annotated view: the loader rejects a classes.txt without any annotated-view folder.
-    if min(width, height, views, annotated) < 1:
-        raise ValueError(f"need width, height, views and annotated all >= 1 "
-                         f"(got {width}x{height}, {views} views, {annotated} annotated)")
-    _layout(layout)
-    wanted = _parameters(seed, width, height, views, annotated, layout)
+    if min(wanted["width"], wanted["height"], wanted["views"], wanted["annotated"]) < 1:
+        raise ValueError(f"need width, height, views and annotated all >= 1 (got {wanted['width']}x"
+                         f"{wanted['height']}, {wanted['views']} views, {wanted['annotated']} annotated)")
     if out.exists() and not force:
-        existing = _read_parameters(out)
+        existing = _read_parameters(out, wanted)
         if existing == wanted:
-            print(f"{out}: synthetic scene already exists ({layout}, seed {seed}, {width}x{height}, {views} views); "
-                  f"use --force to regenerate")
+            print(f"{out}: synthetic scene already exists ({description}); use --force to regenerate")
             return out
         if existing is None:
             raise FileExistsError(f"{out}: exists and is not a synthetic scene; remove it or pass force=True")
@@ -592,7 +613,7 @@ def generate(out: str | Path, seed: int = 0, width: int = 320, height: int = 240
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
     try:
-        _write_scene(tmp, seed, width, height, views, annotated, layout)
+        write(tmp)
         os.chmod(tmp, 0o755)                  # mkdtemp makes it private; the scene is ordinary data
         if out.exists():
             # Two renames, so `out` never holds a mixture of the old and the new scene.
@@ -605,8 +626,7 @@ def generate(out: str | Path, seed: int = 0, width: int = 320, height: int = 240
     finally:
         if tmp.exists():
             shutil.rmtree(tmp)
-    print(f"{out}: wrote synthetic scene ({layout}, seed {seed}, {width}x{height}, {views} views, "
-          f"{len(layout_classes(layout))} classes)")
+    print(f"{out}: wrote synthetic scene ({description})")
     return out
 
 

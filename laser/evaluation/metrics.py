@@ -53,12 +53,14 @@ def subset_accuracy(truth: Tensor, prediction: Tensor) -> float:
     return (truth == prediction).all(dim=1).float().mean().item()
 
 
-def segmentation_metrics(truths: list[Tensor], scores: list[Tensor]) -> dict[str, float | list]:
+def segmentation_metrics(truths: list[Tensor], scores: list[Tensor],
+                         score_unlabelled: bool = True) -> dict[str, float | list]:
     """3D-OVS metrics over annotated views.
 
     ``truths``: per view ``[H, W, C]`` bool masks; ``scores``: per view ``[H, W, C]`` class scores (argmax is the
     prediction; every pixel gets a class). Returns the scene ``miou`` (mean over all (view, class) pairs),
-    ``accuracy`` (mean over views of subset accuracy) and ``per_view_iou`` (``[V][C]``).
+    ``accuracy`` (mean over views of subset accuracy) and ``per_view_iou`` (``[V][C]``). ``score_unlabelled=False``
+    leaves out the pixels in no mask (a transparent background) instead of scoring them as wrong.
     """
     if not truths:
         raise ValueError("no annotated views to evaluate")
@@ -69,6 +71,9 @@ def segmentation_metrics(truths: list[Tensor], scores: list[Tensor]) -> dict[str
         num_classes = truth.shape[-1]
         truth = truth.reshape(-1, num_classes).bool()
         prediction = F.one_hot(score.reshape(-1, num_classes).argmax(-1), num_classes).bool()
+        if not score_unlabelled:
+            labelled = truth.any(dim=1)
+            truth, prediction = truth[labelled], prediction[labelled]
         ious.append(per_class_iou(truth, prediction))
         accuracies.append(subset_accuracy(truth, prediction))
     stacked = torch.stack(ious)

@@ -336,7 +336,7 @@ class SegmentationStage:
         saved = {"metrics": metrics, "views": views, "classes": self.eval_scene.classes}
         if annotated:
             truths = [self.eval_scene.annotations[view] for view in views]
-            result = segmentation_metrics(truths, scores)
+            result = segmentation_metrics(truths, scores, self.eval_scene.score_unlabelled)
             per_query = per_query_metrics(truths, scores, PER_QUERY_THRESHOLD)
             metrics = {"miou": result["miou"], "accuracy": result["accuracy"], **metrics}
             saved |= {"metrics": metrics, "per_view_iou": result["per_view_iou"],
