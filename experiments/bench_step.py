@@ -172,7 +172,7 @@ def instrument(stage, timer: PhaseTimer) -> None:
     if hasattr(stage, "supervision"):
         timer.patch(stage.supervision, "sample", "sampling")
         timer.patch(stage, "losses", "losses")
-        timer.patch(stage, "check_gradients", "guard")
+        timer.patch(stage, "guard_step", "guard")
         for name, module in stage.modules().items():
             if name == "language_field":
                 timer.patch(module, "backbone", "field lookups")

@@ -116,3 +116,17 @@ def test_the_360_benchmark_runs_jobs_that_compose(tmp_path):
     assert stage1.reconstruction == plain.reconstruction and plain.reconstruction.n_iters == 2000
     assert plain.model.ltqa is None and plain.model.adapter is None             # plain: every part off
     assert calls[3][:2] == ["-m", "laser.lerf_ovs"] and calls[3][2] == f"run={tmp_path / 'out' / 'plain'}"
+
+
+def test_the_main_command_profile_times_every_phase(tiny_scene, tmp_path):
+    from conftest import TINY_STAGE2, TINY_TRAINING
+
+    overrides = [o for o in TINY_TRAINING if o != "logger=none"]
+    out = subprocess.run([sys.executable, str(REPO / "experiments" / "profile_main.py"), str(tmp_path / "run"),
+                          f"scene.root={tiny_scene}", *overrides, *TINY_STAGE2["laser"]], cwd=REPO,
+                         capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-3000:]
+    phases = json.loads(out.stdout.strip().splitlines()[-1])
+    assert {"build_reconstruction", "stage1 evaluate", "stage2 evaluate", "total"} <= phases.keys()
+    assert phases["total"] >= phases["stage1 evaluate"] + phases["stage2 evaluate"]
+    assert "miou" in json.loads(out.stdout.strip().splitlines()[-2])
