@@ -19,7 +19,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from laser.data.llff import read_image, read_segmentation
+from laser.data.llff import over_background, read_image, read_segmentation
 from laser.data.scene import Scene
 from laser.errors import DataError
 
@@ -77,11 +77,9 @@ def load_blender_scene(root: str | Path, downsample: float = 1.0, splits: tuple[
             rgba = read_image(path, size, source_size=source).astype(np.float32) / 255.0
             if rgba.ndim != 3 or rgba.shape[2] not in (3, 4):
                 raise DataError(path, f"expected an RGB or RGBA image, found shape {rgba.shape}")
-            if rgba.shape[2] == 4:
-                transparent = True
-                rgba = rgba[..., :3] * rgba[..., 3:] + np.asarray(background, np.float32) * (1 - rgba[..., 3:])
+            transparent |= rgba.shape[2] == 4
             split_views[split].append(len(images))
-            images.append(torch.from_numpy(np.ascontiguousarray(rgba[..., :3])))
+            images.append(torch.from_numpy(np.ascontiguousarray(over_background(rgba, background))))
             poses.append(np.asarray(frame["transform_matrix"], dtype=np.float64)[:3])
             paths.append(path)
     # Segmentation views index the images in the order the splits list them.

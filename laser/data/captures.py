@@ -33,7 +33,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from laser.data.llff import read_image, read_segmentation
+from laser.data.llff import over_background, read_image, read_segmentation
 from laser.data.rays import recenter_poses
 from laser.data.scene import Scene
 from laser.errors import DataError
@@ -156,9 +156,7 @@ def capture_scene(capture: Capture, root: Path, downsample: float = 1.0, ray_spa
         if image.ndim != 3 or image.shape[2] not in (3, 4):
             raise DataError(path, f"expected an RGB or RGBA image, found shape {image.shape}")
         transparent.append(image.shape[2] == 4)
-        if transparent[-1]:
-            image = image[..., :3] * image[..., 3:] + (1.0 - image[..., 3:])      # over white, as nerfstudio does
-        images.append(torch.from_numpy(np.ascontiguousarray(image[..., :3])))
+        images.append(torch.from_numpy(np.ascontiguousarray(over_background(image))))   # white, as nerfstudio
     if len(set(transparent)) > 1:
         raise DataError(capture.image_paths[transparent.index(not transparent[0])],
                         "some images have an alpha channel and others not: use one kind for the whole capture")

@@ -76,6 +76,14 @@ def read_poses_bounds(path: Path, num_images: int) -> tuple[np.ndarray, np.ndarr
     return poses[:, :, :4].astype(np.float64), poses[0, :, 4].astype(np.float64), bounds
 
 
+def over_background(image: np.ndarray, background: tuple[float, float, float] = (1.0, 1.0, 1.0)) -> np.ndarray:
+    """An RGB or RGBA float image ``[H, W, 3 | 4]`` in [0, 1] -> RGB ``[H, W, 3]``: an alpha channel (straight, as
+    PNG stores it) is composited over ``background``."""
+    if image.shape[2] == 3:
+        return image
+    return image[..., :3] * image[..., 3:] + np.asarray(background, np.float32) * (1 - image[..., 3:])
+
+
 def read_classes(path: Path) -> list[str]:
     """Class prompts of ``classes.txt`` as written (stripped, blank lines dropped)."""
     if not path.is_file():

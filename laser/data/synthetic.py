@@ -542,6 +542,14 @@ def save_png(array: np.ndarray, path: Path) -> None:
     Image.fromarray(array).save(path, format="PNG", optimize=False, compress_level=6)
 
 
+def save_masks(folder: Path, labels: np.ndarray, classes: tuple[str, ...]) -> None:
+    """One annotated view's 3D-OVS masks, ``folder/<prompt>.png``: 255 where the 1-based ``labels`` ``[H, W]`` are
+    that class, 0 elsewhere."""
+    folder.mkdir()
+    for k, prompt in enumerate(classes, start=1):
+        save_png(np.where(labels == k, 255, 0).astype(np.uint8), folder / f"{prompt}.png")
+
+
 def _write_scene(folder: Path, seed: int, width: int, height: int, views: int, annotated: int,
                  layout: str = "table") -> None:
     """Render every view and write the complete dataset into ``folder`` (which exists and is empty)."""
@@ -570,9 +578,7 @@ def _write_scene(folder: Path, seed: int, width: int, height: int, views: int, a
     seg = folder / "segmentations"
     (seg / "classes.txt").write_text("".join(f"{c}\n" for c in classes))
     for v in annotated_views(views, annotated):
-        (seg / stems[v]).mkdir()
-        for k, prompt in enumerate(classes, start=1):
-            save_png(np.where(label_maps[v] == k, 255, 0).astype(np.uint8), seg / stems[v] / f"{prompt}.png")
+        save_masks(seg / stems[v], label_maps[v], classes)
 
     info = _parameters(seed, width, height, views, annotated, layout) | {"classes": list(classes), "focal": focal}
     (folder / "synthetic.json").write_text(json.dumps(info, indent=2, sort_keys=True) + "\n")

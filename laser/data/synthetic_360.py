@@ -5,7 +5,7 @@ the wall and the rectangular table are replaced by a round table on a pedestal, 
 seen, over a transparent background (the images are RGBA; background pixels are no class). The cameras circle the
 table once, looking at its centre from 20-40° above the table top, which they see from every side.
 
-One folder holds the scene in three layouts over the same images:
+One folder holds the scene in four layouts over the same images (nerfstudio, Blender, 3D-OVS, LERF-OVS):
 
     <out>/images/frame_<n>.png                   RGBA uint8, n = 1, 2, ... (ns-process-data's names)
     <out>/transforms.json                        nerfstudio: shared pinhole intrinsics, OpenGL camera-to-world
@@ -36,8 +36,8 @@ import numpy as np
 
 from laser.data.ply import write_ply
 from laser.data.synthetic import (OBJECTS, TABLE_TOP, VERSION, Primitive, SceneObject, Texture, annotated_views,
-                                  camera_directions, focal_length, jittered, render_view, save_png, trace,
-                                  write_generated)
+                                  camera_directions, focal_length, jittered, render_view, save_masks, save_png,
+                                  trace, write_generated)
 
 TABLE_RADIUS = 2.3
 TABLE_THICKNESS = 0.12
@@ -105,13 +105,15 @@ def outlines(mask: np.ndarray, min_pixels: int = 4) -> list[tuple[list[list[int]
     return pieces
 
 
-def _lerf_ovs_frame(name: str, labels: np.ndarray, classes: tuple[str, ...]) -> dict:
+def _lerf_ovs_frame(name: str, labels: np.ndarray, layout: tuple[SceneObject, ...]) -> dict:
+    """One annotated view's LERF-OVS JSON: every piece of every object (the fixed table left out), from the
+    1-based ``labels`` ``[H, W]`` of ``layout``."""
     objects = []
-    for k, prompt in enumerate(classes, start=1):
-        if prompt == "wooden table":
+    for k, obj in enumerate(layout, start=1):
+        if not obj.movable:
             continue
         for polygon, box in outlines(labels == k):
-            objects.append({"category": prompt, "group_id": None, "shape_type": "polygon", "bbox": box,
+            objects.append({"category": obj.prompt, "group_id": None, "shape_type": "polygon", "bbox": box,
                             "segmentation": polygon})
     height, width = labels.shape
     return {"info": {"name": name, "width": width, "height": height}, "objects": objects}
@@ -156,10 +158,8 @@ def _write_scene(folder: Path, seed: int, width: int, height: int, views: int, a
         save_png(labels, folder / "labels" / f"{name}.png")
         points.append(_surface_points(objects, c2w[v], directions, rng))
         if v in chosen:
-            (seg / f"{v:02d}").mkdir()
-            for k, prompt in enumerate(CLASSES_360, start=1):
-                save_png(np.where(labels == k, 255, 0).astype(np.uint8), seg / f"{v:02d}" / f"{prompt}.png")
-            frame = _lerf_ovs_frame(f"{name}.jpg", labels, CLASSES_360)
+            save_masks(seg / f"{v:02d}", labels, CLASSES_360)
+            frame = _lerf_ovs_frame(f"{name}.jpg", labels, ORBIT_OBJECTS)
             (folder / "lerf_ovs" / f"{name}.json").write_text(json.dumps(frame) + "\n")
 
     points = np.concatenate(points)
