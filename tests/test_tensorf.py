@@ -1,8 +1,8 @@
 import pytest
 import torch
 
-from laser.fields.tensorf import (TensorVMField, log_spaced_voxels, sample_embedding_bag, sample_grid_sample,
-                                  voxels_to_resolution)
+from laser.fields.tensorf import (TensorVMField, VMGrid, log_spaced_voxels, sample_embedding_bag,
+                                  sample_grid_sample, sample_trilinear, voxels_to_resolution)
 
 AABB = [[-1.5, -1.67, -1.0], [1.5, 1.67, 1.0]]
 
@@ -38,6 +38,73 @@ def test_field_lookups_agree_and_gradients_reach_every_parameter():
     (fast.density(xyz).sum() + rgb.sum()).backward()
     for name, p in fast.named_parameters():
         assert p.grad is not None and p.grad.abs().sum() > 0, name
+
+
+def box_points(n: int) -> torch.Tensor:
+    """Points over AABB, its corners among them (the lookups' edge cases)."""
+    corners = torch.tensor([[i, j, k] for i in (0, 1) for j in (0, 1) for k in (0, 1)], dtype=torch.float32)
+    unit = torch.cat([corners, torch.rand(n, 3)])
+    lo, hi = torch.tensor(AABB)
+    return lo + unit * (hi - lo)
+
+
+def test_dense_grid_is_the_factors_trilinearly():
+    double = torch.float64
+    # The reference is the factor lookup mixed by the same matrix; in float64 the two agree to its rounding.
+    torch.manual_seed(0)
+    grid = VMGrid((5, 3, 2), [7, 6, 4]).to(double)
+    xyz = (torch.rand(400, 3, dtype=double) * 2 - 1)
+    xyz[:8] = torch.tensor([[i, j, k] for i in (-1, 1) for j in (-1, 1) for k in (-1, 1)], dtype=double)
+    for mix in (torch.ones(1, 10, dtype=double), torch.randn(4, 10, dtype=double)):
+        dense = sample_trilinear(grid.dense(mix), [7, 6, 4], xyz)
+        torch.testing.assert_close(dense, grid.factors(xyz) @ mix.T, rtol=1e-12, atol=1e-12)
+
+
+def test_frozen_field_looks_up_dense_grids_with_the_same_values():
+    torch.manual_seed(0)
+    field = TensorVMField(AABB, n_voxels=24**3).requires_grad_(False)
+    reference = TensorVMField(AABB, n_voxels=24**3, dense_when_frozen_mb=0)
+    reference.load_state_dict(field.state_dict())
+    xyz = box_points(500)
+    torch.testing.assert_close(field.density(xyz), reference.density(xyz))
+    torch.testing.assert_close(field.app_features(xyz), reference.app_features(xyz))
+    assert set(field._dense) == {"density", "app"} and not reference._dense
+    # An in-place change (a load, a no_grad edit) or a resize rebuilds the grid.
+    with torch.no_grad():
+        field.app_grid.planes[0].mul_(2)
+        reference.app_grid.planes[0].mul_(2)
+    torch.testing.assert_close(field.app_features(xyz), reference.app_features(xyz))
+    field.set_resolution(20**3)
+    reference.set_resolution(20**3)
+    torch.testing.assert_close(field.density(xyz), reference.density(xyz))
+    torch.testing.assert_close(field.app_features(xyz), reference.app_features(xyz))
+
+
+def test_trained_field_is_dense_only_inside_a_frozen_block():
+    torch.manual_seed(0)
+    field = TensorVMField(AABB, n_voxels=16**3)
+    xyz = box_points(300)
+    features = field.app_features(xyz)
+    assert features.requires_grad and not field._dense            # factors: the gradient reaches the grids
+    optimizer = torch.optim.Adam(field.parameters(), lr=0.1, fused=True)
+    for _ in range(2):
+        with field.frozen(), torch.no_grad():
+            dense = field.app_features(xyz)
+            assert "app" in field._dense
+        assert not field._dense                                     # dropped at the end of the block
+        torch.testing.assert_close(dense, field.app_features(xyz).detach())
+        # A fused Adam step changes the grids without a new version: the next block must not reuse the old grid.
+        field.app_features(xyz).square().sum().backward()
+        optimizer.step()
+        optimizer.zero_grad()
+
+
+def test_dense_grids_respect_their_size_limit():
+    field = TensorVMField(AABB, n_voxels=16**3, dense_when_frozen_mb=27 * 16**3 * 4 / 2**20 / 2).requires_grad_(False)
+    xyz = box_points(100)
+    field.app_features(xyz)
+    field.density(xyz)
+    assert set(field._dense) == {"density"}                         # the 27-channel grid is over the limit
 
 
 def test_density_is_nonnegative():

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
@@ -48,6 +51,12 @@ class RadianceField(nn.Module):
         """The parameters behind :meth:`app_features` and :meth:`color` only (density excluded): what stage 2
         fine-tunes jointly with the semantics while density stays frozen."""
         raise NotImplementedError(f"{type(self).__name__} does not separate appearance from density parameters")
+
+    @contextmanager
+    def frozen(self) -> Iterator[None]:
+        """A block in which no parameter changes (an evaluation), so a field may look itself up through caches
+        built for it (:class:`~laser.fields.tensorf.TensorVMField`'s dense grids); here nothing."""
+        yield
 
     def regularization(self) -> dict[str, Tensor]:
         """Named unweighted regularisers (e.g. total variation); empty when the field has none."""

@@ -8,6 +8,8 @@ value and linearly sampled line value, per component.
 from __future__ import annotations
 
 import math
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 import torch
 import torch.nn.functional as F
@@ -99,6 +101,23 @@ def sample_embedding_bag(grid: Tensor, coords: Tensor) -> Tensor:
 LOOKUPS = {"grid_sample": sample_grid_sample, "embedding_bag": sample_embedding_bag}
 
 
+def sample_trilinear(table: Tensor, resolution: list[int], xyz: Tensor) -> Tensor:
+    """A dense grid ``table`` ``[Z*Y*X, K]`` (channels last, x fastest; ``resolution`` is ``[X, Y, Z]``) at
+    normalised positions ``xyz`` ``[P, 3]`` in [-1, 1], corners aligned -> ``[P, K]``: the weighted sum of the 8
+    corner rows (``F.grid_sample``'s trilinear value, read row-wise as :func:`sample_embedding_bag` reads a plane)."""
+    size = xyz.new_tensor(resolution) - 1
+    position = (xyz + 1) / 2 * size
+    low = torch.minimum(position.floor().clamp(min=0), size - 1)
+    fraction = position - low
+    low = low.long()
+    nx, ny = resolution[0], resolution[1]
+    base = (low[:, 2] * ny + low[:, 1]) * nx + low[:, 0]
+    offsets = base.new_tensor([0, 1, nx, nx + 1, nx * ny, nx * ny + 1, nx * ny + nx, nx * ny + nx + 1])
+    wx, wy, wz = (torch.stack([1 - f, f], dim=1) for f in fraction.unbind(1))            # [P, 2] each
+    weight = (wz[:, :, None, None] * wy[:, None, :, None] * wx[:, None, None, :]).reshape(-1, 8)
+    return F.embedding_bag(base[:, None] + offsets, table, per_sample_weights=weight, mode="sum")
+
+
 class VMGrid(nn.Module):
     """A VM-factorised feature volume: ``sum`` (density) or per-component features (appearance).
 
@@ -127,6 +146,26 @@ class VMGrid(nn.Module):
             line_xy = torch.stack([torch.zeros_like(xyz[:, c]), xyz[:, c]], dim=-1)
             out.append(sample(plane, xyz[:, [a, b]]) * sample(line, line_xy))
         return torch.cat(out, dim=1)
+
+    def dense(self, mix: Tensor) -> Tensor:
+        """The volume as a dense channels-last grid ``[Z*Y*X, K]`` of ``sum_n mix[k, n] plane_n line_n`` at every
+        vertex, for a mix ``[K, sum(components)]`` (ones ``[1, C]``: the density's sum; a basis: its features).
+
+        Bilinear-in-the-plane times linear-in-the-line is trilinear in the vertex products, so
+        :func:`sample_trilinear` of this grid equals :meth:`factors` mixed by ``mix``, up to float rounding.
+        """
+        planes = [plane[0] for plane in self.planes]                        # [n, H, W] each
+        lines = [line[0, :, :, 0] for line in self.lines]                   # [n, L] each
+        mixes = mix.split(list(self.components), dim=1)                     # [K, n] each
+        k = mix.shape[0]
+        z, y, x = planes[1].shape[1], planes[0].shape[1], planes[0].shape[2]
+        # Each pair as one matmul of its plane [vertices, n] with (line * mix) [n, L K], summed in [Z, Y, X, K].
+        def line_mix(i: int) -> Tensor:
+            return (lines[i][:, :, None] * mixes[i].T[:, None, :]).reshape(len(lines[i]), -1)   # [n, L K]
+        out = (planes[2].permute(1, 2, 0) @ line_mix(2)).reshape(z, y, x, k)             # (y, z | x)
+        out += (planes[1].permute(1, 2, 0) @ line_mix(1)).reshape(z, x, y, k).transpose(1, 2)   # (x, z | y)
+        out += (planes[0].permute(1, 2, 0) @ line_mix(0)).reshape(y, x, z, k).permute(2, 0, 1, 3)  # (x, y | z)
+        return out.reshape(-1, k)
 
     @torch.no_grad()
     def resize(self, resolution: list[int]) -> None:
@@ -166,11 +205,17 @@ class ColorMLP(nn.Module):
 
 
 class TensorVMField(RadianceField):
-    """TensoRF-VM with ReLU density (``fea2denseAct=relu``) and an MLP colour head."""
+    """TensoRF-VM with ReLU density (``fea2denseAct=relu``) and an MLP colour head.
+
+    ``dense_when_frozen_mb``: while a grid is frozen (no gradient wanted: stage 2's density, its appearance before
+    the joint phase, every evaluation), it is looked up as one dense trilinear grid (:meth:`VMGrid.dense`; the
+    appearance with its basis folded in) instead of six factor lookups, when that grid takes at most this many MiB;
+    rebuilt whenever a parameter behind it changes. Same values up to float rounding; 0 switches it off.
+    """
 
     def __init__(self, aabb, n_voxels: int = 2097156, density_components=(16, 4, 4),
                  app_components=(48, 12, 12), app_dim: int = 27, color_hidden: int = 128,
-                 init_scale: float = 0.1, lookup: str = "auto"):
+                 init_scale: float = 0.1, lookup: str = "auto", dense_when_frozen_mb: float = 512):
         super().__init__(torch.as_tensor(aabb, dtype=torch.float32))
         self.resolution = voxels_to_resolution(n_voxels, self.aabb)
         self.density_grid = VMGrid(density_components, self.resolution, init_scale, lookup)
@@ -178,12 +223,62 @@ class TensorVMField(RadianceField):
         self.basis = nn.Linear(sum(app_components), app_dim, bias=False)
         self.color_net = ColorMLP(app_dim, color_hidden)
         self.app_dim = app_dim
+        self.dense_when_frozen_mb = dense_when_frozen_mb
+        # name -> (what it was built from, [Z*Y*X, K] grid, whether its parameters are trained)
+        self._dense: dict[str, tuple[tuple, Tensor, bool]] = {}
+        self._frozen_blocks = 0
 
     def density(self, xyz: Tensor) -> Tensor:
+        table = self._frozen_grid("density")
+        if table is not None:
+            return F.relu(sample_trilinear(table, self.resolution, self.normalize(xyz))[:, 0])
         return F.relu(self.density_grid.factors(self.normalize(xyz)).sum(-1))
 
     def app_features(self, xyz: Tensor) -> Tensor:
+        table = self._frozen_grid("app")
+        if table is not None:
+            return sample_trilinear(table, self.resolution, self.normalize(xyz))
         return self.basis(self.app_grid.factors(self.normalize(xyz)))
+
+    def _frozen_grid(self, name: str) -> Tensor | None:
+        """The dense grid of ``name`` ("density": the components' sum; "app": the appearance features, the basis
+        folded in) when nothing behind it can change (no parameter wants a gradient, or inside :meth:`frozen` with
+        gradients off) and it fits ``dense_when_frozen_mb``; else None (look the factors up). A grid of frozen
+        parameters is kept until one of them is replaced or changed in place (identity, storage, version, shape: a
+        resize, a crop, a load); one of trained parameters only for the :meth:`frozen` block (a fused optimiser
+        step does not count as a new version)."""
+        grid = self.app_grid if name == "app" else self.density_grid
+        params = [*grid.parameters(), *([self.basis.weight] if name == "app" else [])]
+        trained = any(p.requires_grad for p in params)
+        channels = self.basis.out_features if name == "app" else 1
+        if ((trained and (not self._frozen_blocks or torch.is_grad_enabled()))
+                or math.prod(self.resolution) * channels * 4 > self.dense_when_frozen_mb * 2**20):
+            self._dense.pop(name, None)
+            return None
+        key = tuple((id(p), p.data_ptr(), p._version, tuple(p.shape)) for p in params)
+        if name not in self._dense or self._dense[name][0] != key:
+            self._dense.pop(name, None)                                   # free the stale grid before building
+            with torch.no_grad():
+                mix = self.basis.weight if name == "app" else params[0].new_ones(1, sum(grid.components))
+                self._dense[name] = (key, grid.dense(mix), trained)
+        return self._dense[name][1]
+
+    @contextmanager
+    def frozen(self) -> Iterator[None]:
+        """A block in which no parameter changes (an evaluation): with gradients off, every grid is looked up
+        densely; the grids of trained parameters are dropped at both ends of the outermost block."""
+        if not self._frozen_blocks:
+            self._drop_trained()
+        self._frozen_blocks += 1
+        try:
+            yield
+        finally:
+            self._frozen_blocks -= 1
+            if not self._frozen_blocks:
+                self._drop_trained()
+
+    def _drop_trained(self) -> None:
+        self._dense = {name: entry for name, entry in self._dense.items() if not entry[2]}
 
     def color(self, features: Tensor, viewdirs: Tensor) -> Tensor:
         return self.color_net(features, viewdirs)

@@ -114,8 +114,9 @@ class Reconstruction:
         """Full-image render of one view: ``rgb [H, W, 3]``, ``depth [H, W]``, ``acc [H, W]``."""
         self.field.eval()
         background = torch.ones(3, device=self.device) if self.scene.white_background else None
-        out = render_in_chunks(lambda rays: self.render(rays, background=background),
-                               self.scene.rays(view).to(self.device), self.eval_chunk)
+        with self.field.frozen():
+            out = render_in_chunks(lambda rays: self.render(rays, background=background),
+                                   self.scene.rays(view).to(self.device), self.eval_chunk)
         h, w = self.scene.height, self.scene.width
         return {k: v.reshape(h, w, -1).squeeze(-1) for k, v in out.items()}
 

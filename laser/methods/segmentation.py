@@ -264,12 +264,14 @@ class SegmentationStage:
     @contextmanager
     def evaluating(self) -> Iterator[None]:
         """The method's modules in eval mode for the block, each back in its previous mode after it (even on error):
-        the adapter's centring statistics must not move while views are scored."""
+        the adapter's centring statistics must not move while views are scored. The field is frozen for the block
+        (:meth:`~laser.fields.base.RadianceField.frozen`: its caches may serve the lookups)."""
         modes = {name: module.training for name, module in self.modules().items()}
         for module in self.modules().values():
             module.eval()
         try:
-            yield
+            with self.field.frozen():
+                yield
         finally:
             for name, module in self.modules().items():
                 module.train(modes[name])

@@ -22,6 +22,7 @@ from omegaconf import DictConfig
 from torch import Tensor
 from tqdm import tqdm
 
+from laser.allocator import release_freed_memory
 from laser.errors import CheckpointError, NonFiniteError
 from laser.training import checkpoint
 from laser.training.build import build_reconstruction, build_segmentation, prepare_segmentation
@@ -91,6 +92,7 @@ def fit(stage, run: Run, cfg: DictConfig, identity: dict, label: str) -> dict[st
         return json.loads(results.read_text())["metrics"]
 
     memory = PeakMemory(run.device)
+    release_freed_memory()          # what earlier stages freed is kept for reuse (laser.allocator): not this one's
     memory.reset()
     bar = tqdm(range(start, stage.n_iters), initial=start, total=stage.n_iters, desc=stage.name,
                mininterval=1.0, dynamic_ncols=True)

@@ -64,4 +64,6 @@ def load_trained(folder: str | Path, device: torch.device, segmentation: bool = 
         why = ("the scene has no classes.txt" if not reconstruction.scene.classes
                else "stage 2 has not been trained here")
         raise CheckpointError(path, f"no stage-2 checkpoint ({why}): train it with python train.py first")
+    # A loaded run is used, not trained: frozen, the field keeps its dense lookup grids from one render to the next.
+    reconstruction.field.requires_grad_(False)
     return trained
