@@ -1,8 +1,8 @@
 """laser: language-guided 3D segmentation in neural radiance fields (Laser, LERF, 3D-OVS)."""
 
 from laser import compat as _compat  # noqa: F401  (must run before anything imports torchvision)
-from laser.allocator import keep_freed_memory
+from laser import allocator as _allocator
 
-keep_freed_memory()
+_allocator.keep_freed_memory()
 
 __version__ = "0.1.0"

@@ -32,12 +32,16 @@ def _glibc():
 
 
 def keep_freed_memory() -> bool:
-    """Set glibc's mmap and trim thresholds to :data:`THRESHOLD`; True when applied."""
+    """Set glibc's mmap and trim thresholds to :data:`THRESHOLD`; True when applied. A glibc that refuses an mmap
+    threshold above 32 MiB (older releases) gets 32 MiB. Threads other than the main one allocate from arenas of
+    at most 64 MiB, so their larger blocks stay mapped and unmapped as before."""
     libc = _glibc()
     if libc is None:
         return False
     libc.mallopt.argtypes = [ctypes.c_int, ctypes.c_int]
-    return bool(libc.mallopt(M_MMAP_THRESHOLD, THRESHOLD)) and bool(libc.mallopt(M_TRIM_THRESHOLD, THRESHOLD))
+    trim = bool(libc.mallopt(M_TRIM_THRESHOLD, THRESHOLD))
+    mmap = bool(libc.mallopt(M_MMAP_THRESHOLD, THRESHOLD)) or bool(libc.mallopt(M_MMAP_THRESHOLD, 32 << 20))
+    return trim and mmap
 
 
 def release_freed_memory() -> None:

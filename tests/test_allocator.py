@@ -7,7 +7,7 @@ import sys
 
 import pytest
 
-from laser.allocator import keep_freed_memory
+from laser import allocator
 
 IN_HEAP = """
 import torch
@@ -31,8 +31,12 @@ def large_block_in_heap(imports: str, **env: str) -> bool:
     return out.stdout.split()[-1] == "True"
 
 
-glibc = pytest.mark.skipif(not os.path.exists("/proc/self/maps") or not keep_freed_memory(),
-                           reason="glibc on Linux only")
+glibc = pytest.mark.skipif(allocator._glibc() is None, reason="glibc on Linux only")
+
+
+@glibc
+def test_applied_where_glibc_is():
+    assert allocator.keep_freed_memory()
 
 
 @glibc

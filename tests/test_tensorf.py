@@ -69,15 +69,25 @@ def test_frozen_field_looks_up_dense_grids_with_the_same_values():
     torch.testing.assert_close(field.density(xyz), reference.density(xyz))
     torch.testing.assert_close(field.app_features(xyz), reference.app_features(xyz))
     assert set(field._dense) == {"density", "app"} and not reference._dense
-    # An in-place change (a load, a no_grad edit) or a resize rebuilds the grid.
+    # An in-place edit, a load, a resize or a shrink rebuilds the grid (a resize makes new, trainable parameters:
+    # frozen again, the field must not serve the old grid).
     with torch.no_grad():
         field.app_grid.planes[0].mul_(2)
         reference.app_grid.planes[0].mul_(2)
     torch.testing.assert_close(field.app_features(xyz), reference.app_features(xyz))
-    field.set_resolution(20**3)
-    reference.set_resolution(20**3)
+    other = TensorVMField(AABB, n_voxels=24**3)
+    field.load_state_dict(other.state_dict())
+    reference.load_state_dict(other.state_dict())
     torch.testing.assert_close(field.density(xyz), reference.density(xyz))
     torch.testing.assert_close(field.app_features(xyz), reference.app_features(xyz))
+    for change in (lambda f: f.set_resolution(20**3), lambda f: f.shrink(torch.tensor(AABB) * 0.8)):
+        for f in (field, reference):
+            change(f)
+            f.requires_grad_(False)
+        inside = box_points(300) * 0.8
+        torch.testing.assert_close(field.density(inside), reference.density(inside))
+        torch.testing.assert_close(field.app_features(inside), reference.app_features(inside))
+        assert set(field._dense) == {"density", "app"}
 
 
 def test_trained_field_is_dense_only_inside_a_frozen_block():
@@ -97,6 +107,20 @@ def test_trained_field_is_dense_only_inside_a_frozen_block():
         field.app_features(xyz).square().sum().backward()
         optimizer.step()
         optimizer.zero_grad()
+
+
+def test_unfreezing_drops_the_grid_before_a_step_can_change_the_parameters():
+    torch.manual_seed(0)
+    field = TensorVMField(AABB, n_voxels=16**3).requires_grad_(False)
+    xyz = box_points(200)
+    field.app_features(xyz)                                          # a grid of frozen parameters
+    field.requires_grad_(True)
+    optimizer = torch.optim.Adam(field.parameters(), lr=0.1, fused=True)
+    field.regularization()["tv_app"].backward()                      # no app_features lookup outside a block
+    optimizer.step()
+    with field.frozen(), torch.no_grad():
+        dense = field.app_features(xyz)
+    torch.testing.assert_close(dense, field.app_features(xyz).detach())
 
 
 def test_dense_grids_respect_their_size_limit():

@@ -104,18 +104,21 @@ LOOKUPS = {"grid_sample": sample_grid_sample, "embedding_bag": sample_embedding_
 def sample_trilinear(table: Tensor, resolution: list[int], xyz: Tensor) -> Tensor:
     """A dense grid ``table`` ``[Z*Y*X, K]`` (channels last, x fastest; ``resolution`` is ``[X, Y, Z]``) at
     normalised positions ``xyz`` ``[P, 3]`` in [-1, 1], corners aligned -> ``[P, K]``: the weighted sum of the 8
-    corner rows (``F.grid_sample``'s trilinear value, read row-wise as :func:`sample_embedding_bag` reads a plane)."""
-    size = xyz.new_tensor(resolution) - 1
-    position = (xyz + 1) / 2 * size
-    low = torch.minimum(position.floor().clamp(min=0), size - 1)
-    fraction = position - low
-    low = low.long()
+    corner rows (``F.grid_sample``'s trilinear value, read row-wise as :func:`sample_embedding_bag` reads a plane).
+    Sizes stay Python numbers: a tensor made from them would be a host-to-device copy, a wait, on a GPU."""
+    lows, weights = [], []
+    for axis, n in enumerate(resolution):
+        position = (xyz[:, axis] + 1) / 2 * (n - 1)
+        low = position.floor().clamp(0, n - 2)
+        fraction = position - low
+        lows.append(low.long())
+        weights.append(torch.stack([1 - fraction, fraction], dim=1))                        # [P, 2]
     nx, ny = resolution[0], resolution[1]
-    base = (low[:, 2] * ny + low[:, 1]) * nx + low[:, 0]
-    offsets = base.new_tensor([0, 1, nx, nx + 1, nx * ny, nx * ny + 1, nx * ny + nx, nx * ny + nx + 1])
-    wx, wy, wz = (torch.stack([1 - f, f], dim=1) for f in fraction.unbind(1))            # [P, 2] each
+    base = (lows[2] * ny + lows[1]) * nx + lows[0]
+    index = torch.stack([base + dz * nx * ny + dy * nx + dx for dz in (0, 1) for dy in (0, 1) for dx in (0, 1)], 1)
+    wx, wy, wz = weights
     weight = (wz[:, :, None, None] * wy[:, None, :, None] * wx[:, None, None, :]).reshape(-1, 8)
-    return F.embedding_bag(base[:, None] + offsets, table, per_sample_weights=weight, mode="sum")
+    return F.embedding_bag(index, table, per_sample_weights=weight, mode="sum")
 
 
 class VMGrid(nn.Module):
@@ -210,7 +213,8 @@ class TensorVMField(RadianceField):
     ``dense_when_frozen_mb``: while a grid is frozen (no gradient wanted: stage 2's density, its appearance before
     the joint phase, every evaluation), it is looked up as one dense trilinear grid (:meth:`VMGrid.dense`; the
     appearance with its basis folded in) instead of six factor lookups, when that grid takes at most this many MiB;
-    rebuilt whenever a parameter behind it changes. Same values up to float rounding; 0 switches it off.
+    rebuilt when a parameter behind it changes (see :meth:`_frozen_grid`). Same values up to float rounding; 0
+    switches it off.
     """
 
     def __init__(self, aabb, n_voxels: int = 2097156, density_components=(16, 4, 4),
@@ -224,8 +228,7 @@ class TensorVMField(RadianceField):
         self.color_net = ColorMLP(app_dim, color_hidden)
         self.app_dim = app_dim
         self.dense_when_frozen_mb = dense_when_frozen_mb
-        # name -> (what it was built from, [Z*Y*X, K] grid, whether its parameters are trained)
-        self._dense: dict[str, tuple[tuple, Tensor, bool]] = {}
+        self._dense: dict[str, tuple[tuple, Tensor]] = {}   # name -> (what it was built from, [Z*Y*X, K] grid)
         self._frozen_blocks = 0
 
     def density(self, xyz: Tensor) -> Tensor:
@@ -240,27 +243,35 @@ class TensorVMField(RadianceField):
             return sample_trilinear(table, self.resolution, self.normalize(xyz))
         return self.basis(self.app_grid.factors(self.normalize(xyz)))
 
+    def _dense_params(self, name: str) -> list[Tensor]:
+        """The parameters behind the dense grid ``name``."""
+        return ([*self.app_grid.parameters(), self.basis.weight] if name == "app"
+                else list(self.density_grid.parameters()))
+
     def _frozen_grid(self, name: str) -> Tensor | None:
         """The dense grid of ``name`` ("density": the components' sum; "app": the appearance features, the basis
         folded in) when nothing behind it can change (no parameter wants a gradient, or inside :meth:`frozen` with
-        gradients off) and it fits ``dense_when_frozen_mb``; else None (look the factors up). A grid of frozen
-        parameters is kept until one of them is replaced or changed in place (identity, storage, version, shape: a
-        resize, a crop, a load); one of trained parameters only for the :meth:`frozen` block (a fused optimiser
-        step does not count as a new version)."""
-        grid = self.app_grid if name == "app" else self.density_grid
-        params = [*grid.parameters(), *([self.basis.weight] if name == "app" else [])]
+        gradients off) and it fits ``dense_when_frozen_mb``; else None (look the factors up).
+
+        A grid is rebuilt when a parameter behind it is replaced, changed in place through autograd-visible ops
+        (a load, a ``no_grad`` edit), reshaped or has its ``requires_grad`` flipped. A grid of trained parameters
+        lives only inside the :meth:`frozen` block, as a fused optimiser step does not bump a tensor's version;
+        writes through ``.data`` are not seen either: call :meth:`frozen`'s block around a lookup after them."""
+        params = self._dense_params(name)
         trained = any(p.requires_grad for p in params)
-        channels = self.basis.out_features if name == "app" else 1
+        size = math.prod(self.resolution) * (self.basis.out_features if name == "app" else 1) * params[0].element_size()
         if ((trained and (not self._frozen_blocks or torch.is_grad_enabled()))
-                or math.prod(self.resolution) * channels * 4 > self.dense_when_frozen_mb * 2**20):
+                or size > self.dense_when_frozen_mb * 2**20):
             self._dense.pop(name, None)
             return None
-        key = tuple((id(p), p.data_ptr(), p._version, tuple(p.shape)) for p in params)
+        key = tuple((id(p), p.data_ptr(), p._version, tuple(p.shape), p.requires_grad) for p in params)
         if name not in self._dense or self._dense[name][0] != key:
             self._dense.pop(name, None)                                   # free the stale grid before building
+            grid = self.app_grid if name == "app" else self.density_grid
+            mix = self.basis.weight if name == "app" else params[0].new_ones(1, sum(grid.components))
             with torch.no_grad():
-                mix = self.basis.weight if name == "app" else params[0].new_ones(1, sum(grid.components))
-                self._dense[name] = (key, grid.dense(mix), trained)
+                # Building holds about twice the grid for a moment (the sum and one pair's product).
+                self._dense[name] = (key, grid.dense(mix))
         return self._dense[name][1]
 
     @contextmanager
@@ -278,7 +289,9 @@ class TensorVMField(RadianceField):
                 self._drop_trained()
 
     def _drop_trained(self) -> None:
-        self._dense = {name: entry for name, entry in self._dense.items() if not entry[2]}
+        """Drop the grids whose parameters are trained now (whatever they were when the grid was built)."""
+        for name in [n for n in self._dense if any(p.requires_grad for p in self._dense_params(n))]:
+            del self._dense[name]
 
     def color(self, features: Tensor, viewdirs: Tensor) -> Tensor:
         return self.color_net(features, viewdirs)
