@@ -73,23 +73,28 @@ class _WeightedRowSum(torch.autograd.Function):
         return grad_table, None, None
 
 
+def cell(coord: Tensor, size: int) -> tuple[Tensor, Tensor]:
+    """Normalised coordinates ``[P]`` in [-1, 1] on an axis of ``size`` vertices (corners aligned) -> the lower
+    vertex of each one's cell ``[P]`` (long) and the fraction ``[P]`` of the way to the next; the last cell is
+    closed, so 1 reads the last vertex."""
+    position = (coord + 1) / 2 * (size - 1)
+    low = position.floor().clamp(0, max(size - 2, 0))
+    return low.long(), position - low
+
+
 def sample_embedding_bag(grid: Tensor, coords: Tensor) -> Tensor:
     """Same result as :func:`sample_grid_sample`, as a weighted sum of the 4 corner rows (2 for a line) of the
     channels-last table. On CPU, training through it is several times faster than through grid_sample."""
     _, channels, height, width = grid.shape
     table = grid[0].permute(1, 2, 0).reshape(-1, channels)
-    y = (coords[:, 1] + 1) / 2 * (height - 1)
-    y0 = y.floor().clamp(0, max(height - 2, 0))
-    fy = (y - y0)[:, None]
-    y0 = y0.long()
+    y0, fy = cell(coords[:, 1], height)
+    fy = fy[:, None]
     if width == 1:
         index = torch.stack([y0, (y0 + 1).clamp(max=height - 1)], dim=1)
         weight = torch.cat([1 - fy, fy], dim=1)
     else:
-        x = (coords[:, 0] + 1) / 2 * (width - 1)
-        x0 = x.floor().clamp(0, width - 2)
-        fx = (x - x0)[:, None]
-        x0 = x0.long()
+        x0, fx = cell(coords[:, 0], width)
+        fx = fx[:, None]
         i00 = y0 * width + x0
         i10 = (i00 + width).clamp(max=height * width - 1)
         index = torch.stack([i00, i00 + 1, i10, i10 + 1], dim=1)
@@ -108,10 +113,8 @@ def sample_trilinear(table: Tensor, resolution: list[int], xyz: Tensor) -> Tenso
     Sizes stay Python numbers: a tensor made from them would be a host-to-device copy, a wait, on a GPU."""
     lows, weights = [], []
     for axis, n in enumerate(resolution):
-        position = (xyz[:, axis] + 1) / 2 * (n - 1)
-        low = position.floor().clamp(0, n - 2)
-        fraction = position - low
-        lows.append(low.long())
+        low, fraction = cell(xyz[:, axis], n)
+        lows.append(low)
         weights.append(torch.stack([1 - fraction, fraction], dim=1))                        # [P, 2]
     nx, ny = resolution[0], resolution[1]
     base = (lows[2] * ny + lows[1]) * nx + lows[0]
@@ -243,23 +246,26 @@ class TensorVMField(RadianceField):
             return sample_trilinear(table, self.resolution, self.normalize(xyz))
         return self.basis(self.app_grid.factors(self.normalize(xyz)))
 
-    def _dense_params(self, name: str) -> list[Tensor]:
-        """The parameters behind the dense grid ``name``."""
-        return ([*self.app_grid.parameters(), self.basis.weight] if name == "app"
-                else list(self.density_grid.parameters()))
+    def _dense_source(self, name: str) -> tuple[VMGrid, list[Tensor], Tensor]:
+        """The grid, the parameters and the mix ``[K, sum(components)]`` behind the dense grid ``name``
+        ("density": the components' sum; "app": the appearance features, the basis folded in)."""
+        if name == "app":
+            return self.app_grid, [*self.app_grid.parameters(), self.basis.weight], self.basis.weight
+        grid = self.density_grid
+        return grid, list(grid.parameters()), self.aabb.new_ones(1, sum(grid.components))
 
     def _frozen_grid(self, name: str) -> Tensor | None:
-        """The dense grid of ``name`` ("density": the components' sum; "app": the appearance features, the basis
-        folded in) when nothing behind it can change (no parameter wants a gradient, or inside :meth:`frozen` with
-        gradients off) and it fits ``dense_when_frozen_mb``; else None (look the factors up).
+        """The dense grid ``name`` (:meth:`_dense_source`) when nothing behind it can change (no parameter wants a
+        gradient, or inside :meth:`frozen` with gradients off) and it fits ``dense_when_frozen_mb``; else None (look
+        the factors up).
 
         A grid is rebuilt when a parameter behind it is replaced, changed in place through autograd-visible ops
         (a load, a ``no_grad`` edit), reshaped or has its ``requires_grad`` flipped. A grid of trained parameters
         lives only inside the :meth:`frozen` block, as a fused optimiser step does not bump a tensor's version;
         writes through ``.data`` are not seen either: call :meth:`frozen`'s block around a lookup after them."""
-        params = self._dense_params(name)
+        grid, params, mix = self._dense_source(name)
         trained = any(p.requires_grad for p in params)
-        size = math.prod(self.resolution) * (self.basis.out_features if name == "app" else 1) * params[0].element_size()
+        size = math.prod(self.resolution) * mix.shape[0] * params[0].element_size()
         if ((trained and (not self._frozen_blocks or torch.is_grad_enabled()))
                 or size > self.dense_when_frozen_mb * 2**20):
             self._dense.pop(name, None)
@@ -267,8 +273,6 @@ class TensorVMField(RadianceField):
         key = tuple((id(p), p.data_ptr(), p._version, tuple(p.shape), p.requires_grad) for p in params)
         if name not in self._dense or self._dense[name][0] != key:
             self._dense.pop(name, None)                                   # free the stale grid before building
-            grid = self.app_grid if name == "app" else self.density_grid
-            mix = self.basis.weight if name == "app" else params[0].new_ones(1, sum(grid.components))
             with torch.no_grad():
                 # Building holds about twice the grid for a moment (the sum and one pair's product).
                 self._dense[name] = (key, grid.dense(mix))
@@ -290,7 +294,7 @@ class TensorVMField(RadianceField):
 
     def _drop_trained(self) -> None:
         """Drop the grids whose parameters are trained now (whatever they were when the grid was built)."""
-        for name in [n for n in self._dense if any(p.requires_grad for p in self._dense_params(n))]:
+        for name in [n for n in self._dense if any(p.requires_grad for p in self._dense_source(n)[1])]:
             del self._dense[name]
 
     def color(self, features: Tensor, viewdirs: Tensor) -> Tensor:
