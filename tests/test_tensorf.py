@@ -2,19 +2,20 @@ import pytest
 import torch
 
 from laser.fields.tensorf import (TensorVMField, VMGrid, log_spaced_voxels, sample_embedding_bag,
-                                  sample_grid_sample, sample_trilinear, voxels_to_resolution)
+                                  sample_grid_sample, sample_trilinear, vertex_major_moments, voxels_to_resolution)
 
 AABB = [[-1.5, -1.67, -1.0], [1.5, 1.67, 1.0]]
 
 
-@pytest.mark.parametrize("shape", [(1, 5, 7, 9), (1, 3, 11, 1)])
+@pytest.mark.parametrize("shape", [(1, 7, 9, 5), (1, 11, 1, 3)])          # [1, H, W, C]: a plane, a line
 def test_embedding_bag_lookup_matches_grid_sample_values_and_gradients(shape):
     torch.manual_seed(0)
     grid = torch.randn(shape, requires_grad=True)
+    line = shape[2] == 1
     coords = torch.rand(300, 2) * 2 - 1
-    coords[:, 0] = 0 if shape[-1] == 1 else coords[:, 0]
+    coords[:, 0] = 0 if line else coords[:, 0]
     coords[:4] = torch.tensor([[-1.0, -1.0], [1.0, 1.0], [-1.0, 1.0], [1.0, -1.0]]) * (
-        torch.tensor([0.0, 1.0]) if shape[-1] == 1 else 1)
+        torch.tensor([0.0, 1.0]) if line else 1)
     ref = sample_grid_sample(grid, coords)
     fast = sample_embedding_bag(grid, coords)
     torch.testing.assert_close(fast, ref)
@@ -149,8 +150,8 @@ def test_upsampling_keeps_the_field():
     # A smooth field survives bilinear upsampling almost exactly.
     with torch.no_grad():
         for grid in (field.density_grid, field.app_grid):
-            for p in [*grid.planes, *grid.lines]:
-                p.copy_(torch.linspace(0.5, 1.0, p.shape[-2])[:, None].expand_as(p[0, 0]).expand_as(p))
+            for p in [*grid.planes, *grid.lines]:                     # [1, H, W, n]: a ramp along H
+                p.copy_(torch.linspace(0.5, 1.0, p.shape[1])[:, None, None].expand_as(p[0]).expand_as(p))
     xyz = (torch.rand(200, 3) * 1.8 - 0.9)
     before = field.density(xyz).detach()
     assert field.set_resolution(40**3)
@@ -191,3 +192,35 @@ def test_total_variation_is_zero_for_constant_planes():
             p.fill_(0.3)
     assert field.regularization()["tv_density"].item() == 0.0
     assert field.regularization()["tv_app"].item() > 0.0
+
+
+def component_major(state: dict) -> dict:
+    """``state`` as the component-major layout wrote it (VMGrid version 1): factors ``[1, n, H, W]``."""
+    old = type(state)((k, v.permute(0, 3, 1, 2) if ".planes." in k or ".lines." in k else v) for k, v in state.items())
+    old._metadata = {k: {**v, "version": 1} if k.endswith("_grid") else v for k, v in state._metadata.items()}
+    return old
+
+
+def test_state_dicts_and_moments_of_the_component_major_layout_load():
+    torch.manual_seed(0)
+    field = TensorVMField(AABB, n_voxels=16**3)
+    optimizer = torch.optim.Adam(field.param_groups(0.02, 1e-3))
+    xyz = box_points(200)
+    (field.density(xyz).sum() + field.app_features(xyz).sum()).backward()
+    optimizer.step()
+    moments = optimizer.state_dict()
+    old_moments = {**moments, "state": {i: {k: v.permute(0, 3, 1, 2) if v.dim() == 4 else v for k, v in s.items()}
+                                        for i, s in moments["state"].items()}}
+    fresh = TensorVMField(AABB, n_voxels=16**3)
+    fresh.load_state_dict(component_major(field.state_dict()))
+    assert all(p.is_contiguous() for p in fresh.parameters())
+    assert torch.equal(fresh.density(xyz), field.density(xyz))
+    assert torch.equal(fresh.app_features(xyz), field.app_features(xyz))
+    fresh_optimizer = torch.optim.Adam(fresh.param_groups(0.02, 1e-3))
+    fresh_optimizer.load_state_dict(old_moments)
+    vertex_major_moments(fresh_optimizer)
+    stepped = [(p, q) for p, q in zip(field.parameters(), fresh.parameters()) if p in optimizer.state]
+    assert len(stepped) == 2 * 6 + 1                      # the factors and the basis (the colour MLP was not used)
+    for p, q in stepped:
+        for key in ("exp_avg", "exp_avg_sq"):
+            assert torch.equal(fresh_optimizer.state[q][key], optimizer.state[p][key])

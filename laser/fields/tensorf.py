@@ -3,6 +3,10 @@
 A 3-D feature grid is factorised into three (plane, line) pairs: plane over (x, y) with a line along z, plane
 (x, z) with line y, plane (y, z) with line x. A point's feature is the product of its bilinearly sampled plane
 value and linearly sampled line value, per component.
+
+Factors are stored vertex-major, a vertex's components adjacent: a plane is ``[1, H, W, n]``, a line
+``[1, L, 1, n]`` (TensoRF's ``[1, n, H, W]``, permuted). The CPU lookup reads such a factor as its row table as it
+is; from TensoRF's layout, a strided table, the same lookup took 2.5-6x as long (experiments/RESULTS.md).
 """
 
 from __future__ import annotations
@@ -36,19 +40,20 @@ def log_spaced_voxels(n_init: int, n_final: int, n_steps: int) -> list[int]:
 
 
 def total_variation(planes: nn.ParameterList) -> Tensor:
-    """Mean squared finite differences over each plane's two spatial axes, summed over planes."""
+    """Mean squared finite differences over each plane's two spatial axes (planes ``[1, H, W, n]``), summed over
+    planes."""
     total = 0.0
     for plane in planes:
-        dh = (plane[..., 1:, :] - plane[..., :-1, :]).pow(2).mean()
-        dw = (plane[..., :, 1:] - plane[..., :, :-1]).pow(2).mean()
+        dh = (plane[:, 1:] - plane[:, :-1]).pow(2).mean()
+        dw = (plane[:, :, 1:] - plane[:, :, :-1]).pow(2).mean()
         total = total + 2 * (dh + dw)
     return total
 
 
 def sample_grid_sample(grid: Tensor, coords: Tensor) -> Tensor:
-    """Reference lookup: ``grid`` ``[1, C, H, W]`` at ``coords`` ``[P, 2]`` (x along W, y along H, in [-1, 1],
-    corners aligned) -> ``[P, C]``. Lines are grids of width 1 sampled at x = 0."""
-    return F.grid_sample(grid, coords.reshape(1, -1, 1, 2), align_corners=True)[0, :, :, 0].T
+    """Reference lookup: a factor ``grid`` ``[1, H, W, C]`` at ``coords`` ``[P, 2]`` (x along W, y along H, in
+    [-1, 1], corners aligned) -> ``[P, C]``. Lines are grids of width 1 sampled at x = 0."""
+    return F.grid_sample(grid.permute(0, 3, 1, 2), coords.reshape(1, -1, 1, 2), align_corners=True)[0, :, :, 0].T
 
 
 class _WeightedRowSum(torch.autograd.Function):
@@ -84,9 +89,10 @@ def cell(coord: Tensor, size: int) -> tuple[Tensor, Tensor]:
 
 def sample_embedding_bag(grid: Tensor, coords: Tensor) -> Tensor:
     """Same result as :func:`sample_grid_sample`, as a weighted sum of the 4 corner rows (2 for a line) of the
-    channels-last table. On CPU, training through it is several times faster than through grid_sample."""
-    _, channels, height, width = grid.shape
-    table = grid[0].permute(1, 2, 0).reshape(-1, channels)
+    factor's row table (a view of the contiguous factor). On CPU, training through it is several times faster than
+    through grid_sample."""
+    _, height, width, channels = grid.shape
+    table = grid.reshape(-1, channels)
     y0, fy = cell(coords[:, 1], height)
     fy = fy[:, None]
     if width == 1:
@@ -101,6 +107,23 @@ def sample_embedding_bag(grid: Tensor, coords: Tensor) -> Tensor:
         weight = torch.cat([(1 - fx) * (1 - fy), fx * (1 - fy), (1 - fx) * fy, fx * fy], dim=1)
     # Points outside [-1, 1] would read zeros with grid_sample; callers only sample inside the box.
     return _WeightedRowSum.apply(table, index, weight.detach())
+
+
+def vertex_major(factor: Tensor) -> nn.Parameter:
+    """A component-major factor ``[1, n, H, W]`` as the vertex-major parameter ``[1, H, W, n]`` (contiguous)."""
+    return nn.Parameter(factor.permute(0, 2, 3, 1).contiguous())
+
+
+def vertex_major_moments(optimizer: torch.optim.Optimizer) -> None:
+    """After loading an optimiser's state saved with component-major factors (:class:`VMGrid` version 1), permute
+    each moment of a factor to its parameter's vertex-major layout; every other state is left as it is."""
+    for group in optimizer.param_groups:
+        for p in group["params"]:
+            state = optimizer.state.get(p, {})
+            for key, value in state.items():
+                if (torch.is_tensor(value) and value.dim() == 4 and value.shape != p.shape
+                        and value.permute(0, 2, 3, 1).shape == p.shape):
+                    state[key] = value.permute(0, 2, 3, 1).contiguous()
 
 
 LOOKUPS = {"grid_sample": sample_grid_sample, "embedding_bag": sample_embedding_bag}
@@ -128,7 +151,10 @@ class VMGrid(nn.Module):
     """A VM-factorised feature volume: ``sum`` (density) or per-component features (appearance).
 
     ``lookup``: "grid_sample" (reference), "embedding_bag" (faster on CPU) or "auto" (embedding_bag on CPU).
+    Factors are vertex-major (module docstring); state dicts of the component-major layout (version 1) load too.
     """
+
+    _version = 2            # 2: factors [1, H, W, n] and [1, L, 1, n]; 1: [1, n, H, W] and [1, n, L, 1]
 
     def __init__(self, components: tuple[int, int, int], resolution: list[int], init_scale: float = 0.1,
                  lookup: str = "auto"):
@@ -140,8 +166,15 @@ class VMGrid(nn.Module):
         self.planes = nn.ParameterList()
         self.lines = nn.ParameterList()
         for n, (a, b), c in zip(self.components, PLANE_AXES, LINE_AXES):
-            self.planes.append(nn.Parameter(init_scale * torch.randn(1, n, resolution[b], resolution[a])))
-            self.lines.append(nn.Parameter(init_scale * torch.randn(1, n, resolution[c], 1)))
+            # Drawn component-major, so the same seed gives the same field as before the layout changed.
+            self.planes.append(vertex_major(init_scale * torch.randn(1, n, resolution[b], resolution[a])))
+            self.lines.append(vertex_major(init_scale * torch.randn(1, n, resolution[c], 1)))
+
+    def _load_from_state_dict(self, state_dict, prefix, local_metadata, *args):
+        if local_metadata.get("version", self._version) < 2:
+            for key in [k for k in state_dict if k.startswith((f"{prefix}planes.", f"{prefix}lines."))]:
+                state_dict[key] = state_dict[key].permute(0, 2, 3, 1)
+        super()._load_from_state_dict(state_dict, prefix, local_metadata, *args)
 
     def factors(self, xyz: Tensor) -> Tensor:
         """Normalised positions ``[P, 3]`` in [-1, 1] -> per-component plane*line products ``[P, sum(components)]``."""
@@ -160,41 +193,42 @@ class VMGrid(nn.Module):
         Bilinear-in-the-plane times linear-in-the-line is trilinear in the vertex products, so
         :func:`sample_trilinear` of this grid equals :meth:`factors` mixed by ``mix``, up to float rounding.
         """
-        planes = [plane[0] for plane in self.planes]                        # [n, H, W] each
-        lines = [line[0, :, :, 0] for line in self.lines]                   # [n, L] each
+        planes = [plane[0] for plane in self.planes]                        # [H, W, n] each
+        lines = [line[0, :, 0].T for line in self.lines]                    # [n, L] each
         mixes = mix.split(list(self.components), dim=1)                     # [K, n] each
         k = mix.shape[0]
-        z, y, x = planes[1].shape[1], planes[0].shape[1], planes[0].shape[2]
+        z, y, x = planes[1].shape[0], planes[0].shape[0], planes[0].shape[1]
         # Each pair as one matmul of its plane [vertices, n] with (line * mix) [n, L K], summed in [Z, Y, X, K].
         def line_mix(i: int) -> Tensor:
             return (lines[i][:, :, None] * mixes[i].T[:, None, :]).reshape(len(lines[i]), -1)   # [n, L K]
-        out = (planes[2].permute(1, 2, 0) @ line_mix(2)).reshape(z, y, x, k)             # (y, z | x)
-        out += (planes[1].permute(1, 2, 0) @ line_mix(1)).reshape(z, x, y, k).transpose(1, 2)   # (x, z | y)
-        out += (planes[0].permute(1, 2, 0) @ line_mix(0)).reshape(y, x, z, k).permute(2, 0, 1, 3)  # (x, y | z)
+        out = (planes[2] @ line_mix(2)).reshape(z, y, x, k)                             # (y, z | x)
+        out += (planes[1] @ line_mix(1)).reshape(z, x, y, k).transpose(1, 2)            # (x, z | y)
+        out += (planes[0] @ line_mix(0)).reshape(y, x, z, k).permute(2, 0, 1, 3)        # (x, y | z)
         return out.reshape(-1, k)
 
     @torch.no_grad()
     def resize(self, resolution: list[int]) -> None:
         """Resample every factor to a new resolution (bilinear, corners aligned, so the field is unchanged)."""
+        def resample(factor: Tensor, size: tuple[int, int]) -> nn.Parameter:
+            return vertex_major(F.interpolate(factor.permute(0, 3, 1, 2), size=size, mode="bilinear",
+                                              align_corners=True))
         for i, ((a, b), c) in enumerate(zip(PLANE_AXES, LINE_AXES)):
-            self.planes[i] = nn.Parameter(F.interpolate(self.planes[i].data, size=(resolution[b], resolution[a]),
-                                                        mode="bilinear", align_corners=True))
-            self.lines[i] = nn.Parameter(F.interpolate(self.lines[i].data, size=(resolution[c], 1),
-                                                       mode="bilinear", align_corners=True))
+            self.planes[i] = resample(self.planes[i].data, (resolution[b], resolution[a]))
+            self.lines[i] = resample(self.lines[i].data, (resolution[c], 1))
 
     @torch.no_grad()
     def crop(self, lo: list[int], hi: list[int]) -> None:
         """Keep grid vertices ``lo[k] <= index < hi[k]`` on every axis k."""
         for i, ((a, b), c) in enumerate(zip(PLANE_AXES, LINE_AXES)):
-            self.planes[i] = nn.Parameter(self.planes[i].data[..., lo[b]:hi[b], lo[a]:hi[a]].contiguous())
-            self.lines[i] = nn.Parameter(self.lines[i].data[..., lo[c]:hi[c], :].contiguous())
+            self.planes[i] = nn.Parameter(self.planes[i].data[:, lo[b]:hi[b], lo[a]:hi[a]].contiguous())
+            self.lines[i] = nn.Parameter(self.lines[i].data[:, lo[c]:hi[c]].contiguous())
 
     def empty_like_shapes(self, resolution: list[int]) -> None:
         """Reshape parameters to ``resolution`` without keeping values (before loading a state dict)."""
         for i, ((a, b), c) in enumerate(zip(PLANE_AXES, LINE_AXES)):
             n = self.components[i]
-            self.planes[i] = nn.Parameter(torch.zeros(1, n, resolution[b], resolution[a], device=self.planes[i].device))
-            self.lines[i] = nn.Parameter(torch.zeros(1, n, resolution[c], 1, device=self.lines[i].device))
+            self.planes[i] = nn.Parameter(torch.zeros(1, resolution[b], resolution[a], n, device=self.planes[i].device))
+            self.lines[i] = nn.Parameter(torch.zeros(1, resolution[c], 1, n, device=self.lines[i].device))
 
 
 class ColorMLP(nn.Module):

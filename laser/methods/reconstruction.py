@@ -14,7 +14,7 @@ from laser.evaluation.metrics import psnr, ssim
 from laser.evaluation.pictures import to_uint8
 from laser.evaluation.tables import write_atomic
 from laser.fields.base import RadianceField
-from laser.fields.tensorf import log_spaced_voxels
+from laser.fields.tensorf import log_spaced_voxels, vertex_major_moments
 from laser.rendering import render_in_chunks, render_rays, samples_per_ray
 
 
@@ -149,6 +149,7 @@ class Reconstruction:
         self.field.to(self.device)
         self.optimizer = self._new_optimizer()
         self.optimizer.load_state_dict(state["optimizer"])
+        vertex_major_moments(self.optimizer)            # a checkpoint of the earlier factor layout
         self.generator.set_state(state["generator"])
 
     # --- schedule ------------------------------------------------------------------------------------------------

@@ -33,6 +33,7 @@ from laser.evaluation.pictures import (class_palette, legend, relevancy_map, sav
                                       with_legend)
 from laser.evaluation.tables import write_atomic
 from laser.fields.base import RadianceField
+from laser.fields.tensorf import vertex_major_moments
 from laser.language.teachers.base import Teacher
 from laser.language.text import SceneText
 from laser.methods.supervision import Supervision
@@ -369,6 +370,7 @@ class SegmentationStage:
         saved = {**state["optimizer"], "param_groups": [{**g, "fused": True, "foreach": None}
                                                         for g in state["optimizer"]["param_groups"]]}
         self.optimizer.load_state_dict(saved)
+        vertex_major_moments(self.optimizer)            # a checkpoint of the earlier factor layout
         self.generator.set_state(state["generator"])
         self.teacher.set_rng_state(state["teacher_rng"])
         self.supervision.load_state_dict(state["supervision"])
