@@ -155,7 +155,7 @@ class Reconstruction:
     # --- schedule ------------------------------------------------------------------------------------------------
     def _new_optimizer(self, lrs: tuple[float, float] | None = None) -> torch.optim.Optimizer:
         lr_grid, lr_network = lrs if lrs is not None else (self.lr_grid, self.lr_network)
-        return torch.optim.Adam(self.field.param_groups(lr_grid, lr_network), betas=(0.9, 0.99))
+        return torch.optim.Adam(self.field.param_groups(lr_grid, lr_network), betas=(0.9, 0.99), fused=True)
 
     def _schedule(self, step: int) -> None:
         """Grid changes after the update of ``step`` (TensoRF applies them at the end of the iteration)."""
