@@ -2,7 +2,8 @@ import pytest
 import torch
 
 from laser.fields.tensorf import (TensorVMField, VMGrid, log_spaced_voxels, sample_embedding_bag,
-                                  sample_grid_sample, sample_trilinear, vertex_major_moments, voxels_to_resolution)
+                                  sample_grid_sample, sample_trilinear, total_variation, vertex_major_moments,
+                                  voxels_to_resolution)
 
 AABB = [[-1.5, -1.67, -1.0], [1.5, 1.67, 1.0]]
 
@@ -183,6 +184,18 @@ def test_state_round_trip_after_grid_changes():
     xyz = torch.rand(100, 3) * 2 - 1
     torch.testing.assert_close(fresh.density(xyz), field.density(xyz))
     assert torch.equal(fresh.occupied(xyz), field.occupied(xyz))
+
+
+def test_total_variation_value_and_gradient_match_autograd():
+    torch.manual_seed(0)
+    planes = [torch.randn(shape, dtype=torch.float64, requires_grad=True)
+              for shape in ((1, 7, 9, 5), (1, 2, 6, 3))]
+    reference = sum(2 * ((p[:, 1:] - p[:, :-1]).pow(2).mean() + (p[:, :, 1:] - p[:, :, :-1]).pow(2).mean())
+                    for p in planes)
+    value = total_variation(planes)
+    torch.testing.assert_close(value, reference, rtol=1e-12, atol=0)
+    for got, want in zip(torch.autograd.grad(3 * value, planes), torch.autograd.grad(3 * reference, planes)):
+        torch.testing.assert_close(got, want, rtol=1e-12, atol=1e-15)
 
 
 def test_total_variation_is_zero_for_constant_planes():
