@@ -32,7 +32,7 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=5)
     args = parser.parse_args()
     torch.manual_seed(0)
-    plane = torch.randn(1, 48, 157, 141, requires_grad=True)        # an appearance plane of a ~128^3 grid
+    plane = torch.randn(1, 157, 141, 48, requires_grad=True)        # an appearance plane of a ~128^3 grid, [1, H, W, n]
     coords = torch.rand(args.points, 2) * 2 - 1
     aabb = [[-1.5, -1.67, -1.0], [1.5, 1.67, 1.0]]
     fields = {name: TensorVMField(aabb, n_voxels=2097156, lookup=name) for name in ("grid_sample", "embedding_bag")}

@@ -18,6 +18,7 @@ from contextlib import contextmanager
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+from torch.autograd.function import once_differentiable
 
 from laser.fields.base import RadianceField
 
@@ -52,6 +53,7 @@ class _PlaneTotalVariation(torch.autograd.Function):
         return 2 * (dh.pow(2).mean() + dw.pow(2).mean())
 
     @staticmethod
+    @once_differentiable
     def backward(ctx, grad: Tensor) -> Tensor:
         dh, dw = ctx.saved_tensors
         out = dh.new_zeros(dh.shape[0], dh.shape[1] + 1, *dh.shape[2:])
@@ -93,6 +95,7 @@ class _WeightedRowSum(torch.autograd.Function):
         return F.embedding_bag(index, table, per_sample_weights=weight, mode="sum")
 
     @staticmethod
+    @once_differentiable
     def backward(ctx, grad: Tensor):
         index, weight = ctx.saved_tensors
         grad_table = grad.new_zeros(ctx.rows, grad.shape[1])
@@ -137,16 +140,17 @@ def vertex_major(factor: Tensor) -> nn.Parameter:
     return nn.Parameter(factor.permute(0, 2, 3, 1).contiguous())
 
 
-def vertex_major_moments(optimizer: torch.optim.Optimizer) -> None:
-    """After loading an optimiser's state saved with component-major factors (:class:`VMGrid` version 1), permute
-    each moment of a factor to its parameter's vertex-major layout; every other state is left as it is."""
-    for group in optimizer.param_groups:
-        for p in group["params"]:
-            state = optimizer.state.get(p, {})
-            for key, value in state.items():
-                if (torch.is_tensor(value) and value.dim() == 4 and value.shape != p.shape
-                        and value.permute(0, 2, 3, 1).shape == p.shape):
-                    state[key] = value.permute(0, 2, 3, 1).contiguous()
+def vertex_major_moments(optimizer: torch.optim.Optimizer, module: nn.Module) -> None:
+    """After loading an optimiser's state saved with a checkpoint whose :class:`VMGrid` factors were component-major
+    (version 1), permute the moments of those factors to their vertex-major parameters. Which grids were loaded from
+    that layout is what they recorded, not guessed from shapes (a plane with n = H = W looks the same either way)."""
+    for grid in module.modules():
+        if isinstance(grid, VMGrid) and grid.loaded_component_major:
+            for p in [*grid.planes, *grid.lines]:
+                state = optimizer.state.get(p, {})
+                for key, value in state.items():
+                    if torch.is_tensor(value) and value.dim() == 4:
+                        state[key] = value.permute(0, 2, 3, 1).contiguous()
 
 
 LOOKUPS = {"grid_sample": sample_grid_sample, "embedding_bag": sample_embedding_bag}
@@ -185,6 +189,7 @@ class VMGrid(nn.Module):
         if lookup not in (*LOOKUPS, "auto"):
             raise ValueError(f"lookup must be one of {sorted(LOOKUPS)} or 'auto', not {lookup!r}")
         self.lookup = lookup
+        self.loaded_component_major = False     # set by a load: :func:`vertex_major_moments` converts the moments
         self.components = tuple(components)
         self.planes = nn.ParameterList()
         self.lines = nn.ParameterList()
@@ -194,8 +199,15 @@ class VMGrid(nn.Module):
             self.lines.append(vertex_major(init_scale * torch.randn(1, n, resolution[c], 1)))
 
     def _load_from_state_dict(self, state_dict, prefix, local_metadata, *args):
-        if local_metadata.get("version", self._version) < 2:
-            for key in [k for k in state_dict if k.startswith((f"{prefix}planes.", f"{prefix}lines."))]:
+        keys = [k for k in state_dict if k.startswith((f"{prefix}planes.", f"{prefix}lines."))]
+        version = local_metadata.get("version")
+        if version is None:         # a state dict rebuilt without torch's metadata: its lines' shapes tell
+            own = dict(self.named_parameters(prefix=prefix.rstrip(".")))
+            version = 1 if any(state_dict[k].shape != own[k].shape == state_dict[k].permute(0, 2, 3, 1).shape
+                               for k in keys if k in own) else self._version
+        self.loaded_component_major = version < 2
+        if self.loaded_component_major:
+            for key in keys:
                 state_dict[key] = state_dict[key].permute(0, 2, 3, 1)
         super()._load_from_state_dict(state_dict, prefix, local_metadata, *args)
 

@@ -14,7 +14,8 @@ from laser.evaluation.metrics import psnr, ssim
 from laser.evaluation.pictures import to_uint8
 from laser.evaluation.tables import write_atomic
 from laser.fields.base import RadianceField
-from laser.fields.tensorf import log_spaced_voxels, vertex_major_moments
+from laser.fields.tensorf import log_spaced_voxels
+from laser.methods.optimizer import adam, load_adam_state
 from laser.rendering import render_in_chunks, render_rays, samples_per_ray
 
 
@@ -148,14 +149,13 @@ class Reconstruction:
         self.field.load_state_dict(state["field"])
         self.field.to(self.device)
         self.optimizer = self._new_optimizer()
-        self.optimizer.load_state_dict(state["optimizer"])
-        vertex_major_moments(self.optimizer)            # a checkpoint of the earlier factor layout
+        load_adam_state(self.optimizer, state["optimizer"], self.field)
         self.generator.set_state(state["generator"])
 
     # --- schedule ------------------------------------------------------------------------------------------------
     def _new_optimizer(self, lrs: tuple[float, float] | None = None) -> torch.optim.Optimizer:
         lr_grid, lr_network = lrs if lrs is not None else (self.lr_grid, self.lr_network)
-        return torch.optim.Adam(self.field.param_groups(lr_grid, lr_network), betas=(0.9, 0.99), fused=True)
+        return adam(self.field.param_groups(lr_grid, lr_network))
 
     def _schedule(self, step: int) -> None:
         """Grid changes after the update of ``step`` (TensoRF applies them at the end of the iteration)."""

@@ -33,9 +33,9 @@ from laser.evaluation.pictures import (class_palette, legend, relevancy_map, sav
                                       with_legend)
 from laser.evaluation.tables import write_atomic
 from laser.fields.base import RadianceField
-from laser.fields.tensorf import vertex_major_moments
 from laser.language.teachers.base import Teacher
 from laser.language.text import SceneText
+from laser.methods.optimizer import adam, load_adam_state
 from laser.methods.supervision import Supervision
 from laser.rendering import ray_weights, render_in_chunks
 
@@ -247,8 +247,7 @@ class SegmentationStage:
                 for p in group["params"]:
                     p.requires_grad_(True)
             groups += app
-        # Fused: one kernel for every parameter, and it honours found_inf (guard_step) without a host round trip.
-        self.optimizer = torch.optim.Adam(groups, betas=(0.9, 0.99), fused=True)
+        self.optimizer = adam(groups)
         names = {id(p): f"{k}.{n}" for k, m in {**self.modules(), "field": self.field}.items()
                  for n, p in m.named_parameters()}
         self._guarded_params = [p for group in groups for p in group["params"]]
@@ -366,11 +365,7 @@ class SegmentationStage:
         self.field.load_state_dict(state["field"])
         self.joint = state["joint"]
         self.reset_optimizer()
-        # Checkpoints written before the optimiser was fused resume fused too (their moments are the same).
-        saved = {**state["optimizer"], "param_groups": [{**g, "fused": True, "foreach": None}
-                                                        for g in state["optimizer"]["param_groups"]]}
-        self.optimizer.load_state_dict(saved)
-        vertex_major_moments(self.optimizer)            # a checkpoint of the earlier factor layout
+        load_adam_state(self.optimizer, state["optimizer"], self.field)
         self.generator.set_state(state["generator"])
         self.teacher.set_rng_state(state["teacher_rng"])
         self.supervision.load_state_dict(state["supervision"])
