@@ -181,8 +181,9 @@ def instrument(stage, timer: PhaseTimer) -> None:
             else:
                 label = {"head": "heads", "labels": "label volume", "selector": "label volume"}.get(name, name)
                 # Renders may call a part's pieces instead of its forward (see LaserSegmentation.render).
-                for piece in {"ltqa": ("forward", "mix", "mix_after"), "head": ("forward", "hidden")}.get(
-                        name, ("forward",)):
+                for piece in {"ltqa": ("forward", "mix", "mix_after"), "head": ("forward", "hidden"),
+                              "labels": ("forward", "ray_distribution"),
+                              "selector": ("forward", "ray_distribution")}.get(name, ("forward",)):
                     timer.patch(module, piece, label)
     else:
         timer.patch(field, "regularization", "losses")

@@ -5,8 +5,8 @@ import pytest
 from torch import nn
 
 from laser.modules.ltqa import LTQA
-from laser.rendering import (composite, composite_affine, composite_packed, compositing_weights, render_in_chunks,
-                             render_rays, sample_along_rays, samples_per_ray)
+from laser.rendering import (composite, composite_affine, composite_packed, composite_sigmoid_linear,
+                             compositing_weights, render_in_chunks, render_rays, sample_along_rays, samples_per_ray)
 
 
 class Wall(RadianceField):
@@ -120,4 +120,34 @@ def test_composite_affine_matches_compositing_the_mapped_values(kind):
     assert torch.equal(fast[0][2], torch.zeros(40, dtype=torch.float64))      # no point, no feature
     torch.testing.assert_close(fast[1], reference[1])
     for a, b in zip(fast[2], reference[2]):
+        torch.testing.assert_close(a, b)
+
+
+@pytest.mark.parametrize("block", [None, 1, 5, 1000])
+@pytest.mark.parametrize("weights_grad", [False, True])
+def test_composite_sigmoid_linear_matches_compositing_the_activations(block, weights_grad):
+    # The blocked path with recomputed activations against the reference (activations of every point, then
+    # composited), in float64: values and the gradients of the inputs, of the map and (when they need one) of the
+    # weights, for blocks of one point, blocks that do not divide the points, and one block. Ray 2 has no point.
+    torch.manual_seed(0)
+    linear = nn.Linear(6, 40).double()
+    weights = torch.rand(4, 7, dtype=torch.float64, requires_grad=weights_grad)
+    mask = torch.rand(4, 7) > 0.4
+    mask[2] = False
+    values = torch.randn(int(mask.sum()), 6, dtype=torch.float64, requires_grad=True)
+    target = torch.randn(4, 40, dtype=torch.float64)
+
+    def run(fn):
+        values.grad = weights.grad = None
+        linear.zero_grad()
+        out = fn()
+        (out * target).sum().backward()
+        grads = [values.grad, *(p.grad for p in linear.parameters())] + ([weights.grad] if weights_grad else [])
+        return out.detach(), [g.clone() for g in grads]
+
+    fast = run(lambda: composite_sigmoid_linear(weights, values, mask, linear, block=block))
+    reference = run(lambda: composite_packed(weights, torch.sigmoid(linear(values)), mask))
+    torch.testing.assert_close(fast[0], reference[0])
+    assert torch.equal(fast[0][2], torch.zeros(40, dtype=torch.float64))
+    for a, b in zip(fast[1], reference[1], strict=True):
         torch.testing.assert_close(a, b)

@@ -6,7 +6,7 @@ value and linearly sampled line value, per component.
 
 Factors are stored vertex-major, a vertex's components adjacent: a plane is ``[1, H, W, n]``, a line
 ``[1, L, 1, n]`` (TensoRF's ``[1, n, H, W]``, permuted). The CPU lookup reads such a factor as its row table as it
-is; from TensoRF's layout, a strided table, the same lookup took 2.5-6x as long (experiments/RESULTS.md).
+is; from TensoRF's layout, a strided table, the same lookup took 2.5-8x as long (experiments/RESULTS.md).
 """
 
 from __future__ import annotations

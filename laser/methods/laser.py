@@ -21,7 +21,7 @@ from torch import Tensor, nn
 from laser.language.text_augmentation import text_augmentation_loss
 from laser.methods.segmentation import SegmentationStage
 from laser.modules.adapter import Adapter, distillation_loss, self_cross_loss
-from laser.modules.label_volume import LabelVolume, ce_students, label_ce_loss, label_targets, ray_distribution
+from laser.modules.label_volume import LabelVolume, ce_students, label_ce_loss, label_targets
 from laser.modules.ltqa import LTQA
 from laser.modules.semantic_head import SemanticHead
 from laser.rendering import composite_affine, composite_packed
@@ -91,7 +91,7 @@ class LaserSegmentation(SegmentationStage):
         out = {"features": features,
                "rgb": composite_packed(weights, self.field.color(app, samples["viewdirs"][shaded]), shaded)}
         if self.labels is not None and train:                            # only the CE loss reads the slots
-            out["slots"] = ray_distribution(self.labels(self.field.normalize(xyz)), weights, shaded)
+            out["slots"] = self.labels.ray_distribution(self.field.normalize(xyz), weights, shaded)
         return out
 
     # --- training ------------------------------------------------------------------------------------------------

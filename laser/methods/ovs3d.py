@@ -30,7 +30,7 @@ from torch import Tensor, nn
 
 from laser.methods.segmentation import SegmentationStage
 from laser.modules.dino_correlation import dino_correlation_loss
-from laser.modules.label_volume import LabelVolume, ray_distribution
+from laser.modules.label_volume import LabelVolume
 from laser.modules.relevancy import js_divergence
 from laser.modules.semantic_head import SemanticHead
 from laser.rendering import composite_affine, composite_packed
@@ -86,7 +86,7 @@ class OVS3DSegmentation(SegmentationStage):
         out = {"features": features,
                "rgb": composite_packed(weights, self.field.color(app, samples["viewdirs"][shaded]), shaded)}
         if train:
-            out["scales"] = ray_distribution(self.selector(self.field.normalize(xyz)), weights, shaded)
+            out["scales"] = self.selector.ray_distribution(self.field.normalize(xyz), weights, shaded)
         return out
 
     # --- training ------------------------------------------------------------------------------------------------

@@ -16,7 +16,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from laser.fields.tensorf import VMGrid
-from laser.rendering import composite, composite_packed
+from laser.rendering import composite, composite_packed, composite_sigmoid_linear
 
 CE_MODES = ("intended", "code_exact")
 
@@ -42,6 +42,13 @@ class LabelVolume(nn.Module):
     def forward(self, xyz: Tensor) -> Tensor:
         """Positions normalised to [-1, 1] over the field's box ``[P, 3]`` -> slot activations ``[P, num_slots]``."""
         return torch.sigmoid(self.basis(self.grid.factors(xyz)))
+
+    def ray_distribution(self, xyz: Tensor, weights: Tensor, mask: Tensor) -> Tensor:
+        """:func:`ray_distribution` of this volume's activations at the points ``xyz`` ``[P, 3]`` (normalised) of
+        ``mask`` ``[R, S]``, weighted by ``weights`` ``[R, S]`` -> ``[R, num_slots]``. The ``[P, num_slots]``
+        activations are never stored (:func:`~laser.rendering.composite_sigmoid_linear`); equal up to float
+        rounding."""
+        return torch.softmax(composite_sigmoid_linear(weights, self.grid.factors(xyz), mask, self.basis), dim=-1)
 
 
 def ray_distribution(point_values: Tensor, weights: Tensor, mask: Tensor | None = None) -> Tensor:
