@@ -129,7 +129,7 @@ class _CompositeSigmoidLinear(torch.autograd.Function):
 
 
 def composite_sigmoid_linear(weights: Tensor, values: Tensor, mask: Tensor, linear: nn.Linear,
-                             block: int | None = None) -> Tensor:
+                             block: int | None = None, min_blocked: int = 2**22) -> Tensor:
     """``composite_packed(weights, sigmoid(linear(values)), mask)`` without storing the per-point activations.
 
     Wide activations of a narrow input (the label volume's 512 slots of 24 VM components) cost more to move through
@@ -141,10 +141,15 @@ def composite_sigmoid_linear(weights: Tensor, values: Tensor, mask: Tensor, line
         linear: ``C -> K``.
         block: points per block; None: about 1 MiB of activations per block on CPU, one block on other devices
             (whose memory bandwidth makes the recomputation the larger cost).
+        min_blocked: fewer activations (``P * K``) than this take the reference path, which keeps them: they stay
+            in cache anyway, and the recomputation would cost more (at the synthetic block's 2944 x 512, 2
+            threads: 8.0-9.8 ms against 8.2-13.1 ms per forward and backward, experiments/RESULTS.md).
 
     Returns:
         ``[R, K]``.
     """
+    if len(values) * linear.out_features < min_blocked:
+        return composite_packed(weights, torch.sigmoid(linear(values)), mask)
     if block is None:
         block = max(256, 2**18 // linear.out_features) if values.device.type == "cpu" else max(len(values), 1)
     ray = mask.nonzero()[:, 0]

@@ -128,7 +128,8 @@ def test_composite_affine_matches_compositing_the_mapped_values(kind):
 def test_composite_sigmoid_linear_matches_compositing_the_activations(block, weights_grad):
     # The blocked path with recomputed activations against the reference (activations of every point, then
     # composited), in float64: values and the gradients of the inputs, of the map and (when they need one) of the
-    # weights, for blocks of one point, blocks that do not divide the points, and one block. Ray 2 has no point.
+    # weights, for blocks of one point, blocks that do not divide the points, and one block (min_blocked=0: the
+    # blocked path even for these few points). Ray 2 has no point.
     torch.manual_seed(0)
     linear = nn.Linear(6, 40).double()
     weights = torch.rand(4, 7, dtype=torch.float64, requires_grad=weights_grad)
@@ -145,7 +146,7 @@ def test_composite_sigmoid_linear_matches_compositing_the_activations(block, wei
         grads = [values.grad, *(p.grad for p in linear.parameters())] + ([weights.grad] if weights_grad else [])
         return out.detach(), [g.clone() for g in grads]
 
-    fast = run(lambda: composite_sigmoid_linear(weights, values, mask, linear, block=block))
+    fast = run(lambda: composite_sigmoid_linear(weights, values, mask, linear, block=block, min_blocked=0))
     reference = run(lambda: composite_packed(weights, torch.sigmoid(linear(values)), mask))
     torch.testing.assert_close(fast[0], reference[0])
     assert torch.equal(fast[0][2], torch.zeros(40, dtype=torch.float64))
