@@ -26,6 +26,23 @@ def test_ray_distribution_is_a_distribution_dense_and_packed():
     torch.testing.assert_close(ray_distribution(values[mask], weights, mask), pi)
 
 
+@pytest.mark.parametrize("min_blocked", [2**22, 0])
+def test_volume_ray_distribution_is_that_of_its_activations(min_blocked, monkeypatch):
+    # LabelVolume.ray_distribution (what Laser and 3D-OVS call) never forms the [P, K] activations; it must equal
+    # ray_distribution of the activations forward gives, on the reference path and on the blocked one.
+    import laser.rendering
+    original = laser.rendering.composite_sigmoid_linear
+    monkeypatch.setattr("laser.modules.label_volume.composite_sigmoid_linear",
+                        lambda *args: original(*args, block=7, min_blocked=min_blocked))
+    torch.manual_seed(0)
+    volume = LabelVolume([5, 6, 4], num_slots=16).double()
+    weights = torch.rand(8, 6, dtype=torch.float64)
+    mask = weights > 0.3
+    xyz = torch.rand(int(mask.sum()), 3, dtype=torch.float64) * 2 - 1
+    torch.testing.assert_close(volume.ray_distribution(xyz, weights, mask),
+                               ray_distribution(volume(xyz), weights, mask))
+
+
 def test_targets_are_convex_combinations_of_text_coordinates():
     torch.manual_seed(0)
     pi, text = torch.softmax(torch.randn(20, 512), -1), F.normalize(torch.randn(5, 512), dim=-1)
