@@ -3,6 +3,7 @@
     python experiments/bench_step.py                                   # every method, both settings, 1 thread
     python experiments/bench_step.py --methods laser --settings paper --steps 10
     python experiments/bench_step.py --device cuda --threads 0         # on a GPU (0: torch's default threads)
+    python experiments/bench_step.py --flops                           # also the matrix products' share (CPU)
 
 Methods: ``laser``, ``ovs3d``, ``lerf`` (stage 2, in their costliest phase: Laser with joint fine-tuning and the
 cross terms on, 3D-OVS with joint fine-tuning, LERF as it always runs) and ``reconstruction`` (stage 1).
@@ -29,6 +30,12 @@ colour MLP, LERF's MLPs), ``ltqa``, ``label volume`` (Laser's label volume, 3D-O
 ``other`` (the rest of the step).
 ``s_per_step`` is timed in a separate pass without the wrappers. On CUDA every wrapper synchronises, so the
 breakdown costs time there; ``s_per_step`` does not.
+
+``--flops`` (CPU only) times ``steps`` more steps under torch's profiler with FLOP counting: ``matmul_gflop`` per
+step (the ``mm`` / ``addmm`` / ``bmm`` work of forward and backward), the seconds per step those calls took
+(``matmul_s``) and the profiled step (``profiled_s``, slower than ``s_per_step`` by the profiler's cost). Their
+ratio is the rate the products reach; the rest of the step is elementwise work, lookups, scatters and overhead,
+which a cheaper step must shrink when the products already run near the machine's matmul rate.
 
 One JSON line per (method, setting), then a Markdown table of them.
 """
@@ -68,6 +75,7 @@ PAPER = {  # the papers' per-step sizes, on the 512x384 synthetic scene
 PHASE = {"laser": ["model.schedule.joint_start_iter=1", "model.cross_start_iter=0"],
          "ovs3d": ["model.schedule.joint_start_iter=1"], "lerf": [], "reconstruction": []}
 PAPER_VOXELS = 640 ** 3
+PRODUCTS = ("aten::mm", "aten::addmm", "aten::bmm", "aten::baddbmm")   # the profiler's FLOP-counted products
 
 
 class PhaseTimer:
@@ -189,7 +197,23 @@ def instrument(stage, timer: PhaseTimer) -> None:
         timer.patch(field, "regularization", "losses")
 
 
-def measure(method: str, setting: str, steps: int, device) -> dict:
+def matmul_work(stage, steps: int, first: int) -> dict:
+    """Matrix-product work of ``steps`` training steps of ``stage`` from step ``first``, under torch's profiler
+    (CPU): GFLOP and seconds per step of the :data:`PRODUCTS` calls, and the whole profiled step's seconds (every
+    call's own time; the profiler also counts elementwise FLOPs, which are not products and are left out)."""
+    from torch.profiler import ProfilerActivity, profile
+
+    with profile(activities=[ProfilerActivity.CPU], with_flops=True) as prof:
+        for step in range(first, first + steps):
+            stage.train_step(step)
+    events = prof.key_averages()
+    counted = [e for e in events if e.key in PRODUCTS]
+    return {"matmul_gflop": round(sum(e.flops for e in counted) / steps / 1e9, 3),
+            "matmul_s": round(sum(e.self_cpu_time_total for e in counted) / steps / 1e6, 4),
+            "profiled_s": round(sum(e.self_cpu_time_total for e in events) / steps / 1e6, 4)}
+
+
+def measure(method: str, setting: str, steps: int, device, flops: bool = False) -> dict:
     import torch
 
     sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
@@ -212,8 +236,9 @@ def measure(method: str, setting: str, steps: int, device) -> dict:
     finally:
         timer.restore()
     breakdown = {phase: round(timer.totals.get(phase, 0.0) / steps, 4) for phase in PHASES}
+    products = matmul_work(stage, steps, 2 + 2 * steps) if flops else {}
     return {"method": method, "setting": setting, "s_per_step": round(seconds, 4), "breakdown_s": breakdown,
-            **work(stage),
+            **work(stage), **products,
             "steps": steps, "threads": torch.get_num_threads(), "device": device_name(device),
             "cuda_peak_mb": round(torch.cuda.max_memory_allocated() / 2**20) if device.type == "cuda" else None,
             "torch": torch.__version__}
@@ -244,6 +269,7 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=5, help="timed steps (after two warm-up steps)")
     parser.add_argument("--threads", type=int, default=1, help="torch threads; 0: torch's default")
     parser.add_argument("--device", default="auto")
+    parser.add_argument("--flops", action="store_true", help="also the matrix products' GFLOP and seconds (CPU)")
     args = parser.parse_args()
 
     import laser  # noqa: F401  (before torchvision)
@@ -254,11 +280,13 @@ def main() -> None:
     if args.threads:
         torch.set_num_threads(args.threads)
     device = resolve_device(args.device)
+    if args.flops and device.type != "cpu":
+        parser.error("--flops counts the products' CPU time: run it with --device cpu")
     rows = []
     for setting in args.settings.split(","):
         for method in args.methods.split(","):
             torch.manual_seed(0)
-            rows.append(measure(method, setting, args.steps, device))
+            rows.append(measure(method, setting, args.steps, device, args.flops))
             print(json.dumps(rows[-1]), flush=True)
     print("\n| method | setting | rays | shaded / ray | s / step | " + " | ".join(PHASES) + " |")
     print("|---" * (len(PHASES) + 5) + "|")

@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 from hydra import compose, initialize_config_dir
 
 from test_train import TINY
@@ -130,3 +131,23 @@ def test_the_main_command_profile_times_every_phase(tiny_scene, tmp_path):
     assert {"build_reconstruction", "stage1 evaluate", "stage2 evaluate", "total"} <= phases.keys()
     assert phases["total"] >= phases["stage1 evaluate"] + phases["stage2 evaluate"]
     assert "miou" in json.loads(out.stdout.strip().splitlines()[-2])
+
+
+def test_step_benchmark_counts_the_matrix_products_of_a_step():
+    sys.path.insert(0, str(REPO / "experiments"))
+    import bench_step
+
+    class Products:
+        """A stage whose step is one mm and one addmm of 200 x 300 by 300 x 400 (2 * 2 * 200 * 300 * 400 FLOPs),
+        and elementwise work the profiler also counts FLOPs of (4 M of them), which is not a product."""
+
+        def __init__(self):
+            self.a, self.b, self.bias = torch.randn(200, 300), torch.randn(300, 400), torch.randn(400)
+            self.wide = torch.randn(2000, 2000)
+
+        def train_step(self, step):
+            return {"out": (self.a @ self.b) + torch.addmm(self.bias, self.a, self.b), "wide": self.wide * 3.0}
+
+    work = bench_step.matmul_work(Products(), steps=3, first=0)
+    assert work["matmul_gflop"] == pytest.approx(4 * 200 * 300 * 400 / 1e9, abs=1e-3)
+    assert 0 < work["matmul_s"] <= work["profiled_s"]
