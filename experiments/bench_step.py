@@ -32,10 +32,11 @@ colour MLP, LERF's MLPs), ``ltqa``, ``label volume`` (Laser's label volume, 3D-O
 breakdown costs time there; ``s_per_step`` does not.
 
 ``--flops`` (CPU only) times ``steps`` more steps under torch's profiler with FLOP counting: ``matmul_gflop`` per
-step (the ``mm`` / ``addmm`` / ``bmm`` work of forward and backward), the seconds per step those calls took
-(``matmul_s``) and the profiled step (``profiled_s``, slower than ``s_per_step`` by the profiler's cost). Their
-ratio is the rate the products reach; the rest of the step is elementwise work, lookups, scatters and overhead,
-which a cheaper step must shrink when the products already run near the machine's matmul rate.
+step (the ``PRODUCTS`` calls, ``mm`` / ``addmm`` / ``bmm`` / ``baddbmm``, forward and backward), the seconds per
+step those calls took (``matmul_s``) and the profiled step (``profiled_s``, slower than ``s_per_step`` by the
+profiler's cost). Their ratio is the rate the products reach; the rest of the step is elementwise work, lookups,
+scatters and overhead, which a cheaper step must shrink when the products already run near the machine's matmul
+rate.
 
 One JSON line per (method, setting), then a Markdown table of them.
 """

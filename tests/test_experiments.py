@@ -133,8 +133,8 @@ def test_the_main_command_profile_times_every_phase(tiny_scene, tmp_path):
     assert "miou" in json.loads(out.stdout.strip().splitlines()[-2])
 
 
-def test_step_benchmark_counts_the_matrix_products_of_a_step():
-    sys.path.insert(0, str(REPO / "experiments"))
+def test_step_benchmark_counts_the_matrix_products_of_a_step(monkeypatch):
+    monkeypatch.syspath_prepend(str(REPO / "experiments"))
     import bench_step
 
     class Products:
